@@ -1,0 +1,5 @@
+"""Public namespace of the dataset loaders: ``ob.datasets.load(name, ...)``."""
+
+from oblivio.data.loaders import DataNotFoundError, available, describe, load, register_loader
+
+__all__ = ["DataNotFoundError", "available", "describe", "load", "register_loader"]
