@@ -1,0 +1,1 @@
+"""Benchmarks: the built-in demo, experiment runner and reports."""
