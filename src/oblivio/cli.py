@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
-import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,55 +37,122 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-def _format(value: float, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:.0f}"
+def _progress_runner(console, config, out, **options):
+    """Run ``config`` with a progress bar (cells done, ETA)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from oblivio.bench.runner import run_config
+
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[cell]}"),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task(f"{config.name}: cells", total=None, cell="")
+
+        def update(done: int, total: int, key: str) -> None:
+            bar.update(task, completed=done, total=total, cell=key[:60])
+
+        return run_config(config, out, progress=update, **options)
 
 
-def _write_json_atomically(path: Path, payload: object) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(payload, stream, indent=2)
-    os.replace(temporary, path)
+_COMPACT = [
+    ("acc_test", "test acc"),
+    ("acc_forget", "forget acc"),
+    ("mia_auc", "MIA AUC"),
+    ("gap_test", "test gap"),
+    ("distance", "dist. to retrained"),
+    ("seconds", "seconds"),
+    ("speedup", "speed-up"),
+    ("speedup_vs_warm", "vs warm"),
+]
+
+
+def _print_summary(console, records) -> None:
+    """Compact table (means over seeds; the Markdown/HTML report has the ± std)."""
+    from rich.table import Table
+
+    from oblivio.bench.report import _cell, summary_frame
+
+    summary = summary_frame(records)
+    keys = [
+        g for g in ("dataset", "model", "request") if summary[g].nunique() > 1 or g == "request"
+    ]
+    table = Table(
+        title=f"{len(records)} cells, means over seeds; gaps, distance and speed-ups are "
+        "relative to retraining on the same edited data"
+    )
+    for column in keys + ["method"]:
+        table.add_column(column)
+    present = [(c, label) for c, label in _COMPACT if c in summary.columns]
+    for _, label in present:
+        table.add_column(label, justify="right")
+    for _, row in summary.iterrows():
+        table.add_row(
+            *[str(row[g]) for g in keys + ["method"]], *[_cell(row[c], 0.0) for c, _ in present]
+        )
+    console.print(table)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from oblivio.bench.config import load_config
+    from oblivio.bench.report import write_report
+
+    config = load_config(args.config)
+    out = Path(args.out or Path("results") / config.name)
+    console = _console()
+    records = _progress_runner(
+        console, config, out, n_jobs=args.n_jobs, backend=args.backend, scheduler=args.scheduler
+    )
+    _print_summary(console, records)
+    markdown, page = write_report(out)
+    console.print(f"records: {out / 'results.jsonl'}\nreport: {markdown}\nHTML: {page}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from oblivio.bench.report import write_report
+
+    markdown, page = write_report(args.results)
+    console = _console()
+    console.print(markdown.read_text())
+    console.print(f"HTML report: {page}")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+    from importlib import resources
+
     import torch
-    from rich.table import Table
 
-    from oblivio.bench.demo import rows_as_dicts, run_demo
+    from oblivio.bench.config import load_config
+    from oblivio.bench.report import write_report
 
-    torch.set_num_threads(args.threads)
-    console = _console()
+    torch.set_num_threads(1)
     start = time.perf_counter()
-    with console.status("starting") as status:
-        rows = run_demo(progress=lambda message: status.update(message), n_forget=args.forget)
-    table = Table(
-        title=f"oblivio demo: forget {args.forget} records of digits (bundled), "
-        "each method vs retraining from scratch"
-    )
-    for column in ("setting", "method", "seconds", "speed-up", "test acc",
-                   "forget acc", "dist to retrain", "agree w/ retrain", "note"):
-        table.add_column(column, justify="left" if column in ("setting", "method", "note") else "right")
-    for row in rows:
-        table.add_row(
-            row.setting,
-            row.method,
-            _format(row.seconds),
-            _format(row.speedup) + "x" if not math.isnan(row.speedup) else "-",
-            _format(row.test_accuracy),
-            _format(row.forget_accuracy),
-            _format(row.distance),
-            _format(row.agreement),
-            row.note,
-        )
-    console.print(table)
-    if args.out:
-        path = Path(args.out) / "demo.json"
-        _write_json_atomically(path, rows_as_dicts(rows))
-        console.print(f"results written to {path}")
+    console = _console()
+    with resources.as_file(resources.files("oblivio.bench") / "configs" / "quick.toml") as path:
+        config = load_config(path)
+    out = Path(args.out)
+    if out.exists():  # a demo always measures afresh
+        shutil.rmtree(out)
+    records = _progress_runner(console, config, out)
+    _print_summary(console, records)
+    _, page = write_report(out)
+    console.print(f"HTML report: {page.resolve()}")
     console.print(f"total time {time.perf_counter() - start:.1f} s")
     return 0
 
@@ -106,16 +169,28 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
-    datasets = commands.add_parser("datasets", help="list dataset loaders and whether data is present")
+    datasets = commands.add_parser(
+        "datasets", help="list dataset loaders and whether data is present"
+    )
     datasets.set_defaults(handler=_cmd_datasets)
 
     demo = commands.add_parser(
-        "demo", help="quick benchmark on bundled data: every method vs retraining"
+        "demo", help="quick benchmark on bundled data: every method vs retraining (< 1 min)"
     )
-    demo.add_argument("--forget", type=int, default=10, help="records to forget (default 10)")
-    demo.add_argument("--out", default="results/demo", help="folder for the results JSON ('' for none)")
-    demo.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    demo.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
     demo.set_defaults(handler=_cmd_demo)
+
+    run = commands.add_parser("run", help="run an experiment configuration (TOML)")
+    run.add_argument("config", help="path of the configuration file")
+    run.add_argument("--out", help="results folder (default results/<config name>)")
+    run.add_argument("--n-jobs", type=int, default=1, help="cells in parallel (default 1)")
+    run.add_argument("--backend", choices=["loky", "dask"], default="loky")
+    run.add_argument("--scheduler", help="dask scheduler address, e.g. tcp://host:8786")
+    run.set_defaults(handler=_cmd_run)
+
+    report = commands.add_parser("report", help="Markdown + HTML report of a results folder")
+    report.add_argument("results", help="results folder written by 'oblivio run'")
+    report.set_defaults(handler=_cmd_report)
 
     for name, module_name, help_text in PLUGIN_COMMANDS:
         try:

@@ -13,7 +13,7 @@ import torch
 
 from oblivio.data import Dataset, Relabel, Remove, RequestError
 from oblivio.models.base import Model
-from oblivio.unlearners.base import UnlearnResult, Unlearner
+from oblivio.unlearners.base import Unlearner, UnlearnResult
 
 __all__ = ["check_unlearner", "retrain_oracle"]
 

@@ -43,12 +43,17 @@ def _finite_difference_checks(model, data, rng):
     direction = torch.from_numpy(rng.standard_normal(model.n_params))
     step = 1e-6
     numeric = (
-        model.objective(data, theta + step * direction) - model.objective(data, theta - step * direction)
+        model.objective(data, theta + step * direction)
+        - model.objective(data, theta - step * direction)
     ) / (2 * step)
     analytic = torch.dot(model.objective_grad(data, theta), direction)
     assert float(numeric) == pytest.approx(float(analytic), rel=1e-6, abs=1e-6)
-    loss_numeric = (model.loss(data, theta + step * direction) - model.loss(data, theta - step * direction)) / (2 * step)
-    assert float(loss_numeric) == pytest.approx(float(torch.dot(model.grad(data, theta), direction)), rel=1e-6, abs=1e-6)
+    loss_numeric = (
+        model.loss(data, theta + step * direction) - model.loss(data, theta - step * direction)
+    ) / (2 * step)
+    assert float(loss_numeric) == pytest.approx(
+        float(torch.dot(model.grad(data, theta), direction)), rel=1e-6, abs=1e-6
+    )
     grad_numeric = (
         model.objective_grad(data, theta + step * direction)
         - model.objective_grad(data, theta - step * direction)
@@ -85,7 +90,10 @@ def test_noise_shifts_the_optimum(binary_data, rng):
     assert ob.audit.param_distance(plain, noisy) > 1e-3
     assert ob.audit.gradient_residual(noisy, binary_data) <= 1e-8
     # Without the noise term in the gradient the noisy optimum is not stationary.
-    assert float(torch.linalg.vector_norm(noisy.objective_grad(binary_data) - torch.from_numpy(noise))) > 1e-3
+    assert (
+        float(torch.linalg.vector_norm(noisy.objective_grad(binary_data) - torch.from_numpy(noise)))
+        > 1e-3
+    )
 
 
 def test_warm_start_reaches_the_same_optimum(binary_data):
@@ -116,4 +124,6 @@ def test_state_round_trip_and_clone(binary_data):
     copy = model.clone()
     assert not copy.is_fitted
     copy.set_state(model.get_state())
-    np.testing.assert_array_equal(copy.predict_proba(binary_data.X), model.predict_proba(binary_data.X))
+    np.testing.assert_array_equal(
+        copy.predict_proba(binary_data.X), model.predict_proba(binary_data.X)
+    )

@@ -126,7 +126,10 @@ def test_all_request_kinds_with_retrain(binary_data):
         oracle = retrain_oracle(unlearner.model, expected)
         assert ob.audit.param_distance(unlearner, oracle) <= 1e-8
     assert [r.request for r in unlearner.history_] == [
-        "Relabel", "ReplaceFeatures", "Replace", "Remove"
+        "Relabel",
+        "ReplaceFeatures",
+        "Replace",
+        "Remove",
     ]
 
 

@@ -280,7 +280,9 @@ class LogisticRegression(BaseModel):
                 weights = self._curvature(data, W)
                 operator = scipy.sparse.linalg.LinearOperator(
                     (flat.size, flat.size),
-                    matvec=lambda v: self._hvp_np(data, W, v.reshape(W.shape), weights).ravel(),
+                    matvec=lambda v, W=W, weights=weights: self._hvp_np(
+                        data, W, v.reshape(W.shape), weights
+                    ).ravel(),
                     dtype=np.float64,
                 )
                 step, _ = scipy.sparse.linalg.cg(operator, grad, rtol=1e-12, maxiter=500)

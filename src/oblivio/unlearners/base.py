@@ -235,6 +235,8 @@ class Unlearner(ABC):
     ----------
     model_ : Model
         The current (unlearned) model.
+    prepare_seconds_ : float
+        Time ``fit``/``attach`` spent precomputing for ``forget`` (not training).
     train_ : Dataset
         The current training set (after all requests so far).
     history_ : list of UnlearnResult
@@ -244,6 +246,9 @@ class Unlearner(ABC):
     name: ClassVar[str]
     exact: ClassVar[bool] = False
     needs: ClassVar[frozenset[str]] = frozenset({"forget"})
+    #: True for methods that must train their own model (a noisy objective, an ensemble),
+    #: so ``attach`` to a plainly trained model is not possible.
+    requires_fit: ClassVar[bool] = False
 
     def __init__(self, model: Model) -> None:
         self.model = model
@@ -270,7 +275,7 @@ class Unlearner(ABC):
         self._fit(train)
         self.train_ = train
         self.history_: list[UnlearnResult] = []
-        self._prepare()
+        self._timed_prepare()
         return self
 
     def attach(self, train: Dataset) -> Unlearner:
@@ -283,11 +288,21 @@ class Unlearner(ABC):
                 f"attach() needs a trained model; {type(self.model).__name__} is not fitted. "
                 "Use fit(train) to train one."
             ) from error
+        if self.requires_fit:
+            raise ValueError(
+                f"{type(self).__name__} trains its own model (see its docstring); use fit(train)"
+            )
         self.model_ = copy.deepcopy(self.model)
         self.train_ = train
         self.history_ = []
-        self._prepare()
+        self._timed_prepare()
         return self
+
+    def _timed_prepare(self) -> None:
+        start = time.perf_counter()
+        self._prepare()
+        #: Seconds spent precomputing for ``forget`` (count it when comparing with retraining).
+        self.prepare_seconds_ = time.perf_counter() - start
 
     def _check_params(self) -> None:
         """Validate hyper-parameters (called by ``fit`` and ``attach``)."""
@@ -357,6 +372,10 @@ class Unlearner(ABC):
     def _forget(self, change: Change) -> Outcome:
         """Update ``self.model_`` for ``change``; ``self.train_`` is still the old set."""
 
+    def _blank_model(self) -> Model:
+        """An unfitted model that ``load`` fills with ``set_state`` (an ensemble for SISA)."""
+        return self.model.clone()
+
     def _snapshot(self) -> Any:
         """Method state to restore if ``_forget`` fails (besides the model)."""
         return None
@@ -385,12 +404,16 @@ class Unlearner(ABC):
             "format_version": _FORMAT_VERSION,
             "unlearner": self.name,
             "options": _jsonable(self.get_params()),
-            "model": {"class": type(self.model_).__name__, "params": _model_params(self.model)},
+            "model": {"class": type(self.model).__name__, "params": _model_params(self.model)},
             "model_meta": _jsonable(model_state.pop("__meta__", {})),
             "train": {
                 "feature_names": list(self.train_.feature_names or []) or None,
-                "classes": _jsonable([str(c) if not isinstance(c, (int, float, str)) else c
-                                      for c in self.train_.classes]),
+                "classes": _jsonable(
+                    [
+                        str(c) if not isinstance(c, (int, float, str)) else c
+                        for c in self.train_.classes
+                    ]
+                ),
                 "name": self.train_.name,
             },
             "history": [_jsonable(r.to_dict()) for r in self.history_],
@@ -428,17 +451,15 @@ class Unlearner(ABC):
         with np.load(path / "arrays.npz", allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
         unlearner = klass(model, **meta["options"])
-        unlearner.model_ = model.clone()
-        model_state = {
-            k[len("model__"):]: v for k, v in arrays.items() if k.startswith("model__")
-        }
+        unlearner.model_ = unlearner._blank_model()
+        model_state = {k[len("model__") :]: v for k, v in arrays.items() if k.startswith("model__")}
         model_state["__meta__"] = meta.get("model_meta", {})
         unlearner.model_.set_state(model_state)
         unlearner.train_ = _dataset_from("train__", arrays, meta["train"])
         unlearner.history_ = [UnlearnResult.from_dict(r) for r in meta["history"]]
         unlearner._set_state(
             meta["state"],
-            {k[len("method__"):]: v for k, v in arrays.items() if k.startswith("method__")},
+            {k[len("method__") :]: v for k, v in arrays.items() if k.startswith("method__")},
         )
         return unlearner
 
@@ -465,4 +486,3 @@ def _rebuild_model(spec: dict[str, Any]) -> Model:
             "instance of the same architecture as load(path, model=...)"
         )
     return klass(**spec["params"])
-

@@ -1,0 +1,422 @@
+"""Run every cell of a configuration, with caching, resumption and parallelism.
+
+Each cell = (dataset, model, unlearner, request, seed). The runner trains the original
+model and the retrained reference once per (dataset, model, request, seed) and caches both
+on disk, times the unlearning uniformly (precomputation in ``fit``/``attach`` counted, see
+``Unlearner.prepare_seconds_``), and appends one JSON line per finished cell to
+``results.jsonl``. Cells already in that file are skipped, so an interrupted run resumes
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oblivio.bench.config import Cell, Config, DatasetSpec, ModelSpec, RequestSpec
+from oblivio.data import Dataset, Relabel, Remove, ReplaceFeatures, Request, Split
+
+RESULTS_FILE = "results.jsonl"
+
+_DATA_CACHE: dict[str, Split] = {}
+
+
+def load_dataset(spec: DatasetSpec) -> Split:
+    """Load (and memoise within this process) the dataset a spec names."""
+    from oblivio import datasets
+
+    key = json.dumps([spec.name, spec.options], sort_keys=True)
+    if key not in _DATA_CACHE:
+        _DATA_CACHE[key] = datasets.load(spec.name, **spec.options)
+    return _DATA_CACHE[key]
+
+
+def build_model(spec: ModelSpec, train: Dataset, seed: int) -> Any:
+    """A fresh, untrained model for ``train`` as the spec describes."""
+    from oblivio import models
+
+    options = dict(spec.options)
+    if spec.kind == "logistic":
+        return models.LogisticRegression(**options)
+    hidden = tuple(options.pop("hidden", (64,)))
+    options.setdefault("seed", seed)
+    if spec.kind == "mlp":
+        module = models.MLP(train.n_features, hidden=hidden, n_classes=train.n_classes)
+    else:
+        shape = train.X.shape[1:]
+        if len(shape) != 3:
+            raise ValueError(
+                f"model kind 'cnn' needs image data (n, c, h, w), got X {train.X.shape}"
+            )
+        module = models.SmallCNN(
+            in_channels=shape[0], image_size=shape[1], n_classes=train.n_classes
+        )
+    return models.TorchModel(module, **options)
+
+
+class Scenario:
+    """The training set the original model sees and the requests made of it."""
+
+    def __init__(self, train: Dataset, requests: list[Request], forget_ids: np.ndarray) -> None:
+        self.train = train
+        self.requests = requests
+        self.forget_ids = forget_ids
+
+    def final_training_set(self) -> Dataset:
+        data = self.train
+        for request in self.requests:
+            data = request.resolve(data).result
+        return data
+
+
+def _size(spec: RequestSpec, n: int) -> int:
+    if spec.count is not None:
+        return min(spec.count, n - 1)
+    return max(1, min(int(round(spec.fraction * n)), n - 1))
+
+
+def make_scenario(spec: RequestSpec, train: Dataset, seed: int) -> Scenario:
+    """Turn a request spec into concrete requests on ``train`` (seeded)."""
+    rng = np.random.default_rng(seed)
+    if spec.kind == "remove":
+        ids = rng.choice(train.ids, size=_size(spec, len(train)), replace=False)
+        return Scenario(train, [Remove(ids=ids)], ids)
+    if spec.kind == "sequence":
+        ids = rng.choice(train.ids, size=_size(spec, len(train)), replace=False)
+        requests = [Remove(ids=ids[i : i + spec.batch]) for i in range(0, len(ids), spec.batch)]
+        return Scenario(train, requests, ids)
+    if spec.kind == "remove-class":
+        if not 0 <= spec.class_ < train.n_classes:
+            raise ValueError(f"class {spec.class_} is not a label of {train.name!r}")
+        ids = train.ids[train.y == spec.class_]
+        return Scenario(train, [Remove(ids=ids)], ids)
+    if spec.kind == "features":
+        if spec.features:
+            features = list(spec.features)
+        else:
+            X = train.X
+            counts = np.asarray((X != 0).sum(axis=0)).ravel()
+            features = [int(f) for f in np.argsort(-counts, kind="stable")[: spec.count or 1]]
+        request = ReplaceFeatures(features=features)
+        return Scenario(train, [request], request.resolve(train).ids)
+    # relabel: poison k labels (to another class), then ask to restore the true ones.
+    ids = rng.choice(train.ids, size=_size(spec, len(train)), replace=False)
+    true_labels = train.select(ids).y
+    shift = rng.integers(1, train.n_classes, size=len(ids))
+    poisoned = train.update(ids, y=(true_labels + shift) % train.n_classes)
+    return Scenario(poisoned, [Relabel(ids=ids, labels=true_labels)], ids)
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha1(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+    os.close(handle)
+    np.savez(temporary, **arrays)
+    os.replace(temporary, path)
+
+
+def _cached_fit(
+    cache: Path, key: Any, model: Any, data: Dataset, init: Any = None
+) -> tuple[Any, float]:
+    """Fit ``model`` on ``data`` unless a cached state exists; return (model, fit seconds)."""
+    path = cache / f"{_digest(key)}.npz"
+    if path.exists():
+        with np.load(path, allow_pickle=False) as archive:
+            state = {k: archive[k] for k in archive.files if k not in ("__seconds__", "__meta__")}
+            seconds = float(archive["__seconds__"])
+            state["__meta__"] = json.loads(str(archive["__meta__"]))
+        model.set_state(state)
+        return model, seconds
+    start = time.perf_counter()
+    model.fit(data, init=init)
+    seconds = time.perf_counter() - start
+    state = model.get_state()
+    meta = state.pop("__meta__", {})
+    arrays = {k: np.asarray(v) for k, v in state.items()}
+    arrays["__seconds__"] = np.asarray(seconds)
+    arrays["__meta__"] = np.asarray(json.dumps(meta))
+    _atomic_savez(path, arrays)
+    return model, seconds
+
+
+def _record_losses(model: Any, data: Dataset) -> np.ndarray:
+    probabilities = model.predict_proba(data.X)
+    picked = probabilities[np.arange(len(data)), data.y]
+    return -np.log(np.clip(picked, 1e-12, 1.0))
+
+
+def loss_mia(model: Any, members: Dataset, non_members: Dataset) -> dict[str, Any]:
+    """Loss-threshold membership inference (Yeom et al., CSF 2018) on members vs non-members.
+
+    Score = −loss; AUC 0.5 means the forget set looks like unseen data.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    if len(members) == 0 or len(non_members) == 0:
+        return {"auc": float("nan"), "fpr": [], "tpr": []}
+    scores = -np.concatenate([_record_losses(model, members), _record_losses(model, non_members)])
+    labels = np.concatenate([np.ones(len(members)), np.zeros(len(non_members))])
+    fpr, tpr, _ = roc_curve(labels, scores)
+    keep = np.unique(np.linspace(0, len(fpr) - 1, min(len(fpr), 60)).astype(int))
+    return {
+        "auc": float(roc_auc_score(labels, scores)),
+        "fpr": [round(float(v), 5) for v in fpr[keep]],
+        "tpr": [round(float(v), 5) for v in tpr[keep]],
+    }
+
+
+def run_cell(cell: Cell, out: Path, mia: bool = True) -> dict[str, Any]:
+    """Run one cell and return its record (does not write it)."""
+    import torch
+
+    from oblivio import audit, unlearners
+
+    torch.set_num_threads(1)
+    split = load_dataset(cell.dataset)
+    test = split.test
+    scenario = make_scenario(cell.request, split.train, cell.seed)
+    final = scenario.final_training_set()
+    cache = out / "cache"
+    base_key = [asdict(cell.dataset), asdict(cell.model), cell.seed]
+    scenario_key = base_key + [asdict(cell.request)]
+
+    def fresh() -> Any:
+        return build_model(cell.model, scenario.train, cell.seed)
+
+    # Only label poisoning changes the data the original model is trained on.
+    poison = asdict(cell.request) if cell.request.kind == "relabel" else None
+    original_key = base_key + ["original", poison]
+    original, _ = _cached_fit(cache / "originals", original_key, fresh(), scenario.train)
+    reference, retrain_seconds = _cached_fit(
+        cache / "references", scenario_key + ["reference"], fresh(), final
+    )
+    _, warm_seconds = _cached_fit(
+        cache / "references", scenario_key + ["warm"], fresh(), final, init=original.theta
+    )
+
+    unlearner = unlearners.create(cell.unlearner.name, fresh(), **cell.unlearner.options)
+    if unlearner.requires_fit:
+        unlearner.fit(scenario.train)
+    else:
+        unlearner.model = original
+        unlearner.attach(scenario.train)
+    seconds = unlearner.prepare_seconds_
+    budget_trace = []
+    results = []
+    for request in scenario.requests:
+        result = unlearner.forget(request)
+        results.append(result)
+        seconds += result.seconds
+        if result.certificate is not None:
+            budget_trace.append(
+                {
+                    "used": result.certificate.budget_used,
+                    "total": result.certificate.budget_total,
+                    "retrained": result.retrained,
+                }
+            )
+    model = unlearner.model_
+    forget = (
+        final.select(scenario.forget_ids)
+        if cell.request.kind in ("relabel", "features")
+        else split.train.select(scenario.forget_ids)
+    )
+    forget_ids = set(scenario.forget_ids.tolist())
+    retain = final.take(np.flatnonzero([i not in forget_ids for i in final.ids.tolist()]))
+
+    def scores(candidate: Any) -> dict[str, float]:
+        return {
+            "acc_forget": audit.accuracy(candidate, forget),
+            "acc_retain": audit.accuracy(candidate, retain),
+            "acc_test": audit.accuracy(candidate, test),
+        }
+
+    own, ref = scores(model), scores(reference)
+    record: dict[str, Any] = {
+        "cell": cell.key,
+        "dataset": cell.dataset.key,
+        "model": cell.model.name,
+        "method": cell.unlearner.key,
+        "unlearner": cell.unlearner.name,
+        "options": cell.unlearner.options,
+        "request": cell.request.key,
+        "request_kind": cell.request.kind,
+        "seed": cell.seed,
+        "n_train": len(scenario.train),
+        "n_affected": int(sum(r.n_affected for r in results)),
+        "n_requests": len(results),
+        "seconds": seconds,
+        "retrain_seconds": retrain_seconds,
+        "warm_retrain_seconds": warm_seconds,
+        "speedup": retrain_seconds / max(seconds, 1e-9),
+        "speedup_vs_warm": warm_seconds / max(seconds, 1e-9),
+        "exact": all(r.exact for r in results),
+        "retrained": any(r.retrained for r in results),
+        **own,
+        **{f"ref_{k}": v for k, v in ref.items()},
+        "gap_forget": abs(own["acc_forget"] - ref["acc_forget"]),
+        "gap_test": abs(own["acc_test"] - ref["acc_test"]),
+        "agreement": audit.agreement(model, reference, test),
+        "diagnostics": {k: v for r in results for k, v in r.diagnostics.items()},
+        "budget_trace": budget_trace,
+    }
+    try:
+        record["distance"] = audit.param_distance(model, reference)
+        record["distance_original"] = audit.param_distance(original, reference)
+    except (ValueError, AttributeError):
+        record["distance"] = record["distance_original"] = float("nan")
+    certificate = results[-1].certificate if results else None
+    record["certificate"] = asdict(certificate) if certificate is not None else None
+    if mia:
+        own_mia = loss_mia(model, forget, test)
+        ref_mia = loss_mia(reference, forget, test)
+        record.update(
+            mia_auc=own_mia["auc"],
+            ref_mia_auc=ref_mia["auc"],
+            gap_mia=abs(own_mia["auc"] - ref_mia["auc"]),
+            roc={"fpr": own_mia["fpr"], "tpr": own_mia["tpr"]},
+        )
+    return record
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware, stored beside the results."""
+    import scipy
+    import sklearn
+    import torch
+
+    import oblivio
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "oblivio": oblivio.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "scikit-learn": sklearn.__version__,
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def read_records(out: str | Path) -> list[dict[str, Any]]:
+    """Records in ``out/results.jsonl`` (a torn last line from a crash is ignored)."""
+    path = Path(out) / RESULTS_FILE
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def _append_record(out: Path, record: dict[str, Any]) -> None:
+    with open(out / RESULTS_FILE, "a") as handle:
+        handle.write(json.dumps(record, default=float) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(handle, "w") as stream:
+        json.dump(payload, stream, indent=2, default=str)
+    os.replace(temporary, path)
+
+
+def run_config(
+    config: Config,
+    out: str | Path,
+    *,
+    n_jobs: int = 1,
+    backend: str = "loky",
+    scheduler: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run every cell not yet in ``out/results.jsonl``; return all records.
+
+    Parameters
+    ----------
+    n_jobs : int
+        Cells run in parallel (joblib); ``-1`` uses every core.
+    backend : {"loky", "dask"}
+        ``"dask"`` sends cells to a ``dask.distributed`` cluster at ``scheduler`` (or a
+        local cluster when ``scheduler`` is None).
+    progress : callable, optional
+        Called as ``progress(done, total, cell_key)`` after each cell.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", config.to_dict())
+    _write_json(out / "environment.json", environment())
+    done_keys = {record["cell"] for record in read_records(out)}
+    cells = config.cells()
+    pending = [cell for cell in cells if cell.key not in done_keys]
+    done = len(cells) - len(pending)
+    if progress:
+        progress(done, len(cells), "")
+    if backend not in ("loky", "dask"):
+        raise ValueError(f"backend must be 'loky' or 'dask', got {backend!r}")
+    if n_jobs == 1 and backend == "loky":
+        for cell in pending:
+            _append_record(out, run_cell(cell, out, mia=config.audit.mia))
+            done += 1
+            if progress:
+                progress(done, len(cells), cell.key)
+    else:
+        import joblib
+
+        client = cluster = None
+        if backend == "dask":
+            from dask.distributed import Client, LocalCluster
+
+            if scheduler is None:
+                cluster = LocalCluster(
+                    n_workers=max(n_jobs, 1), threads_per_worker=1, dashboard_address=None
+                )
+                client = Client(cluster)
+            else:
+                client = Client(scheduler)
+        try:
+            with joblib.parallel_backend(backend if backend == "dask" else "loky"):
+                stream = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered")(
+                    joblib.delayed(run_cell)(cell, out, config.audit.mia) for cell in pending
+                )
+                for record in stream:
+                    _append_record(out, record)
+                    done += 1
+                    if progress:
+                        progress(done, len(cells), record["cell"])
+        finally:
+            if client is not None:
+                client.close()
+            if cluster is not None:
+                cluster.close()
+    return read_records(out)
