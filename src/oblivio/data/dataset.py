@@ -1,0 +1,305 @@
+"""Immutable datasets whose records carry stable ids."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+ArrayLike = Any
+
+
+class RequestError(ValueError):
+    """An unlearning request (or a dataset operation) that cannot be applied.
+
+    Raised before anything changes: a rejected request leaves the unlearner, its model and
+    its training set exactly as they were. The message names the offending values.
+    """
+
+
+def _freeze(array: np.ndarray) -> np.ndarray:
+    array.setflags(write=False)
+    return array
+
+
+def _freeze_matrix(X: np.ndarray | sp.csr_matrix) -> np.ndarray | sp.csr_matrix:
+    if sp.issparse(X):
+        for part in (X.data, X.indices, X.indptr):
+            part.setflags(write=False)
+        return X
+    return _freeze(X)
+
+
+def _preview(values: Iterable[Any], limit: int = 10) -> str:
+    values = list(values)
+    shown = ", ".join(str(v) for v in values[:limit])
+    if len(values) > limit:
+        shown += f", ... ({len(values)} in all)"
+    return f"[{shown}]"
+
+
+def as_id_array(ids: ArrayLike, what: str = "ids") -> np.ndarray:
+    """Convert ``ids`` to a 1-d int64 array, refusing floats with fractions and other junk."""
+    array = np.asarray(ids)
+    if array.ndim == 0:
+        array = array.reshape(1)
+    if array.ndim != 1:
+        raise RequestError(f"{what} must be one-dimensional, got shape {array.shape}")
+    if array.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            bad = array[~np.isfinite(array) | (array != np.round(array))]
+            raise RequestError(f"{what} must be integers, got {_preview(bad)}")
+    elif array.dtype.kind not in "iu":
+        raise RequestError(f"{what} must be integers, got dtype {array.dtype}")
+    return array.astype(np.int64)
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A labelled dataset whose records keep their ids for life.
+
+    Parameters
+    ----------
+    X : ndarray of shape (n, ...) or scipy CSR matrix of shape (n, d)
+        Features. Images keep their shape, e.g. (n, 1, 28, 28).
+    y : ndarray of shape (n,)
+        Integer labels in ``0 .. len(classes) - 1``.
+    ids : ndarray of shape (n,), optional
+        Unique int64 record ids. Defaults to ``0 .. n-1``. Ids never change when other
+        records are removed, so a deletion request can name records long after training.
+    feature_names : sequence of str, optional
+        Names of the columns of a 2-d ``X``.
+    classes : sequence, optional
+        Class names; label ``j`` means ``classes[j]``. Defaults to the sorted labels present.
+    name : str
+        A short name used in reports.
+
+    Notes
+    -----
+    Instances are immutable (arrays are marked read-only); every operation returns a new
+    dataset that shares memory with this one where it can.
+    """
+
+    X: np.ndarray | sp.csr_matrix
+    y: np.ndarray
+    ids: np.ndarray | None = None
+    feature_names: tuple[str, ...] | None = None
+    classes: tuple[Any, ...] | None = None
+    name: str = "data"
+    _position_of: dict[int, int] = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        X = self.X
+        if sp.issparse(X):
+            X = sp.csr_matrix(X)
+        else:
+            X = np.asarray(X)
+            if X.ndim < 2:
+                raise ValueError(f"X must have shape (n, ...) with at least 2 dims, got {X.shape}")
+        y = np.asarray(self.y)
+        n = X.shape[0]
+        if y.shape != (n,):
+            raise ValueError(f"y must have shape ({n},) to match X, got {y.shape}")
+        if y.size and y.dtype.kind not in "iu":
+            if y.dtype.kind == "f" and np.all(y == np.round(y)):
+                y = y.astype(np.int64)
+            else:
+                raise ValueError(f"y must hold integer labels, got dtype {y.dtype}")
+        y = y.astype(np.int64, copy=False)
+        ids = np.arange(n, dtype=np.int64) if self.ids is None else as_id_array(self.ids)
+        if ids.shape != (n,):
+            raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
+        unique, counts = np.unique(ids, return_counts=True)
+        if unique.size != n:
+            raise ValueError(f"ids must be unique; repeated: {_preview(unique[counts > 1])}")
+        classes = self.classes
+        if classes is None:
+            classes = tuple(range(int(y.max()) + 1)) if y.size else ()
+        classes = tuple(classes)
+        if y.size and (y.min() < 0 or y.max() >= len(classes)):
+            bad = np.unique(y[(y < 0) | (y >= len(classes))])
+            raise ValueError(
+                f"labels must lie in 0..{len(classes) - 1} (one per class), got {_preview(bad)}"
+            )
+        feature_names = self.feature_names
+        if feature_names is not None:
+            feature_names = tuple(str(f) for f in feature_names)
+            if X.ndim != 2 or len(feature_names) != X.shape[1]:
+                raise ValueError(
+                    f"feature_names has {len(feature_names)} entries for X of shape {X.shape}"
+                )
+        object.__setattr__(self, "X", _freeze_matrix(X))
+        object.__setattr__(self, "y", _freeze(y))
+        object.__setattr__(self, "ids", _freeze(ids))
+        object.__setattr__(self, "feature_names", feature_names)
+        object.__setattr__(self, "classes", classes)
+
+    # -- basic facts -------------------------------------------------------------------
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+    @property
+    def n_features(self) -> int:
+        """Number of columns of a 2-d ``X`` (product of trailing dims otherwise)."""
+        return int(np.prod(self.X.shape[1:]))
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def is_sparse(self) -> bool:
+        return sp.issparse(self.X)
+
+    def __repr__(self) -> str:
+        kind = "sparse " if self.is_sparse else ""
+        return (
+            f"Dataset(name={self.name!r}, n={len(self)}, X={kind}{tuple(self.X.shape)}, "
+            f"classes={len(self.classes)})"
+        )
+
+    # -- ids ---------------------------------------------------------------------------
+    def _positions_map(self) -> dict[int, int]:
+        if self._position_of is None:
+            object.__setattr__(
+                self, "_position_of", {int(i): p for p, i in enumerate(self.ids.tolist())}
+            )
+        return self._position_of
+
+    def positions(self, ids: ArrayLike) -> np.ndarray:
+        """Row positions of ``ids`` in this dataset, in the order given.
+
+        Raises
+        ------
+        RequestError
+            If any id is not in the dataset (the message lists them).
+        """
+        ids = as_id_array(ids)
+        lookup = self._positions_map()
+        missing = [int(i) for i in ids if int(i) not in lookup]
+        if missing:
+            raise RequestError(f"unknown ids (not in dataset {self.name!r}): {_preview(missing)}")
+        return np.fromiter((lookup[int(i)] for i in ids), dtype=np.int64, count=ids.size)
+
+    def contains(self, ids: ArrayLike) -> np.ndarray:
+        """Boolean mask: which of ``ids`` are in this dataset."""
+        lookup = self._positions_map()
+        return np.array([int(i) in lookup for i in as_id_array(ids)], dtype=bool)
+
+    def take(self, positions: ArrayLike) -> Dataset:
+        """Rows at the given positions (not ids), as a new dataset."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return self._with(self.X[positions], self.y[positions], self.ids[positions])
+
+    def select(self, ids: ArrayLike) -> Dataset:
+        """The records with ``ids``, in the order given."""
+        return self.take(self.positions(ids))
+
+    def drop(self, ids: ArrayLike) -> Dataset:
+        """All records except ``ids`` (order preserved)."""
+        keep = np.ones(len(self), dtype=bool)
+        keep[self.positions(ids)] = False
+        return self.take(np.flatnonzero(keep))
+
+    def update(
+        self, ids: ArrayLike, X: ArrayLike | None = None, y: ArrayLike | None = None
+    ) -> Dataset:
+        """Copy with the rows of ``ids`` given new features and/or labels."""
+        positions = self.positions(ids)
+        new_X = self.X
+        if X is not None:
+            if sp.issparse(self.X):
+                new_X = sp.lil_matrix(self.X, copy=True)
+                new_X[positions] = sp.csr_matrix(X) if sp.issparse(X) else np.asarray(X)
+                new_X = sp.csr_matrix(new_X)
+            else:
+                new_X = np.array(self.X, copy=True)
+                new_X[positions] = np.asarray(X, dtype=new_X.dtype).reshape(
+                    (len(positions),) + new_X.shape[1:]
+                )
+        new_y = self.y
+        if y is not None:
+            new_y = np.array(self.y, copy=True)
+            new_y[positions] = np.asarray(y, dtype=np.int64)
+        return self._with(new_X, new_y, self.ids)
+
+    def concat(self, other: Dataset) -> Dataset:
+        """Records of this dataset followed by those of ``other`` (ids must not clash)."""
+        if sp.issparse(self.X) or sp.issparse(other.X):
+            X = sp.vstack([sp.csr_matrix(self.X), sp.csr_matrix(other.X)], format="csr")
+        else:
+            X = np.concatenate([self.X, other.X])
+        return self._with(
+            X, np.concatenate([self.y, other.y]), np.concatenate([self.ids, other.ids])
+        )
+
+    def with_name(self, name: str) -> Dataset:
+        return self._with(self.X, self.y, self.ids, name=name)
+
+    def _with(self, X: Any, y: Any, ids: Any, name: str | None = None) -> Dataset:
+        return Dataset(
+            X=X,
+            y=y,
+            ids=ids,
+            feature_names=self.feature_names,
+            classes=self.classes,
+            name=self.name if name is None else name,
+        )
+
+    # -- views ---------------------------------------------------------------------------
+    def dense(self) -> np.ndarray:
+        """``X`` as a dense float array (sparse matrices are densified)."""
+        return self.X.toarray() if sp.issparse(self.X) else np.asarray(self.X)
+
+    def empty(self) -> Dataset:
+        """A dataset with no rows but the same columns and classes."""
+        return self.take(np.zeros(0, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Split:
+    """A train/test pair returned by loaders."""
+
+    train: Dataset
+    test: Dataset
+
+    def __iter__(self):
+        return iter((self.train, self.test))
+
+
+def feature_index(data: Dataset, features: Sequence[int | str]) -> np.ndarray:
+    """Column indices for ``features`` given as indices or names."""
+    if data.X.ndim != 2:
+        raise RequestError(
+            f"feature requests need 2-d X (n, d); {data.name!r} has X of shape {data.X.shape}"
+        )
+    d = data.X.shape[1]
+    columns = []
+    unknown = []
+    for feature in features:
+        if isinstance(feature, str):
+            if data.feature_names is None or feature not in data.feature_names:
+                unknown.append(feature)
+            else:
+                columns.append(data.feature_names.index(feature))
+        elif isinstance(feature, (int, np.integer)) and not isinstance(feature, bool):
+            if 0 <= int(feature) < d:
+                columns.append(int(feature))
+            else:
+                unknown.append(int(feature))
+        else:
+            unknown.append(feature)
+    if unknown:
+        raise RequestError(
+            f"features out of range or unknown for X with {d} columns: {_preview(unknown)}"
+        )
+    columns_array = np.asarray(columns, dtype=np.int64)
+    unique, counts = np.unique(columns_array, return_counts=True)
+    if unique.size != columns_array.size:
+        raise RequestError(f"duplicate features: {_preview(unique[counts > 1])}")
+    return columns_array
