@@ -25,10 +25,7 @@ TIMING = {"seconds", "retrain_seconds", "warm_retrain_seconds", "speedup", "spee
 
 def _comparable(records):
     return sorted(
-
-            json.dumps({k: v for k, v in r.items() if k not in TIMING}, sort_keys=True)
-            for r in records
-
+        json.dumps({k: v for k, v in r.items() if k not in TIMING}, sort_keys=True) for r in records
     )
 
 
