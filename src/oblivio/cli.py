@@ -157,6 +157,36 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_canary(args: argparse.Namespace) -> int:
+    from oblivio.bench.canary import CanarySettings, format_table, run_canary, save_report
+
+    overrides = {"corpus": args.corpus} if args.corpus else {}
+    if args.epochs:
+        overrides["epochs"] = args.epochs
+    settings = CanarySettings.quick(**overrides) if args.quick else CanarySettings(**overrides)
+    console = _console()
+    with console.status("canary experiment") as status:
+        report = run_canary(settings, progress=status.update)
+    console.print(format_table(report))
+    console.print(f"written to {save_report(report, args.out)}")
+    return 0
+
+
+def _cmd_poison_repair(args: argparse.Namespace) -> int:
+    from oblivio.bench.poison import PoisonSettings, format_table, run_poison_repair, save_report
+
+    overrides = {"root": args.root} if args.root else {}
+    if args.dataset:
+        overrides["dataset"] = args.dataset
+    settings = PoisonSettings.quick(**overrides) if args.quick else PoisonSettings(**overrides)
+    console = _console()
+    with console.status("label repair experiment") as status:
+        report = run_poison_repair(settings, progress=status.update)
+    console.print(format_table(report))
+    console.print(f"written to {save_report(report, args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from oblivio import __version__
 
@@ -191,6 +221,24 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="Markdown + HTML report of a results folder")
     report.add_argument("results", help="results folder written by 'oblivio run'")
     report.set_defaults(handler=_cmd_report)
+
+    canary = commands.add_parser(
+        "canary", help="unlearn a memorised telephone number from a character LSTM"
+    )
+    canary.add_argument("--corpus", help="UTF-8 text (default: ../shared/data/alice/...)")
+    canary.add_argument("--epochs", type=int, help="training epochs of the LSTM")
+    canary.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
+    canary.add_argument("--out", default="results/canary", help="results folder")
+    canary.set_defaults(handler=_cmd_canary)
+
+    poison = commands.add_parser(
+        "poison-repair", help="repair flipped labels in a CNN (Fashion-MNIST by default)"
+    )
+    poison.add_argument("--dataset", help="image dataset loader (default fashion-mnist)")
+    poison.add_argument("--root", help="folder with the dataset's files")
+    poison.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
+    poison.add_argument("--out", default="results/poison-repair", help="results folder")
+    poison.set_defaults(handler=_cmd_poison_repair)
 
     for name, module_name, help_text in PLUGIN_COMMANDS:
         try:

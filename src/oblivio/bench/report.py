@@ -12,13 +12,12 @@ import html
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from oblivio.bench._io import write_text
 from oblivio.bench.runner import read_records
 
 GROUP = ["dataset", "model", "request", "method"]
@@ -153,13 +152,6 @@ def plots(records: list[dict[str, Any]]) -> dict[str, str]:
     return images
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.replace(temporary, path)
-
-
 def write_report(results_dir: str | Path) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into ``results_dir``; return their paths."""
     results_dir = Path(results_dir)
@@ -186,7 +178,7 @@ def write_report(results_dir: str | Path) -> tuple[Path, Path]:
     env_line = ", ".join(f"{k} {v}" for k, v in environment.items() if k != "started")
     markdown = header + notes + table + (f"\nEnvironment: {env_line}\n" if env_line else "")
     markdown_path = results_dir / "report.md"
-    _atomic_write(markdown_path, markdown)
+    write_text(markdown_path, markdown)
 
     images = plots(records)
     rows = []
@@ -223,7 +215,7 @@ figure {{ display: inline-block; margin: 1em; }} img {{ max-width: 640px; }}
 </body></html>
 """
     html_path = results_dir / "report.html"
-    _atomic_write(html_path, page)
+    write_text(html_path, page)
     return markdown_path, html_path
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from oblivio.bench._io import write_json
 from oblivio.bench.config import Cell, Config, DatasetSpec, ModelSpec, RequestSpec
 from oblivio.data import Dataset, Relabel, Remove, ReplaceFeatures, Request, Split
 
@@ -344,13 +345,6 @@ def _append_record(out: Path, record: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
-def _write_json(path: Path, payload: Any) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(payload, stream, indent=2, default=str)
-    os.replace(temporary, path)
-
-
 def run_config(
     config: Config,
     out: str | Path,
@@ -374,8 +368,8 @@ def run_config(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "config.json", config.to_dict())
-    _write_json(out / "environment.json", environment())
+    write_json(out / "config.json", config.to_dict())
+    write_json(out / "environment.json", environment())
     done_keys = {record["cell"] for record in read_records(out)}
     cells = config.cells()
     pending = [cell for cell in cells if cell.key not in done_keys]

@@ -1,0 +1,264 @@
+"""Unintended memorisation: unlearning a canary from a character LSTM.
+
+Reproduces the protocol of Warnecke et al. (NDSS 2023, Sec. 6.2) after Carlini et al.'s
+*Secret Sharer* (USENIX Security 2019): insert "my telephone number is 0123456789" a few
+times into a public-domain text, train a character LSTM, measure the canary's exposure and
+the greedy completion of its prefix, then unlearn by replacing the number everywhere with a
+string of the same length (a :class:`~oblivio.Replace` request over the affected windows)
+and compare methods with retraining on the cleaned text.
+
+Exposure uses teacher forcing and the skew-normal approximation over the digit alphabet
+(|R| = 10^10, 33.2 bits); the fit of the *original* model is reused after unlearning, as in
+the paper (refit with ``refit=True``).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from oblivio.audit.exposure import exposure_skewnormal
+from oblivio.bench._io import write_json, write_text
+from oblivio.data.text import CharCorpus, load_text, replace_secret
+
+DEFAULT_CORPUS = "../shared/data/alice/alice_in_wonderland.txt"
+
+
+@dataclass
+class CanarySettings:
+    """Sizes that train in a few minutes on 2 CPU cores (defaults) or seconds (``quick``)."""
+
+    corpus: str = DEFAULT_CORPUS
+    skip: int = 265
+    max_chars: int | None = 40_000
+    prefix: str = "`my telephone number is "
+    secret: str = "0123456789"
+    suffix: str = "!' said alice.\n\n  "
+    replacement: str = "not there "
+    times: int = 8
+    window: int = 24
+    embed: int = 32
+    hidden: int = 128
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 3e-3
+    n_samples: int = 4000
+    refit: bool = False
+    eval_windows: int = 4000
+    seed: int = 0
+    methods: tuple[str, ...] = (
+        "first-order",
+        "second-order-cg",
+        "second-order-lissa",
+        "finetune",
+        "retrain",
+    )
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> CanarySettings:
+        """A seconds-long version for tests and CI."""
+        values = dict(
+            max_chars=6_000,
+            times=4,
+            embed=16,
+            hidden=32,
+            epochs=3,
+            n_samples=300,
+            eval_windows=500,
+            window=12,
+            methods=("first-order", "second-order-cg", "retrain"),
+        )
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass
+class CanaryRow:
+    method: str
+    exposure: float
+    log_perplexity: float
+    accuracy: float
+    seconds: float
+    completion: str
+    diagnostics: dict[str, float] = field(default_factory=dict)
+
+
+def greedy_completion(model: Any, corpus: CharCorpus, prompt: str, length: int = 40) -> str:
+    """Most likely continuation of ``prompt``, one character at a time."""
+    tokens = list(corpus.encode(prompt))
+    for _ in range(length):
+        window = np.asarray(tokens[-corpus.window :], dtype=np.int64)
+        if window.size < corpus.window:
+            window = np.concatenate([np.zeros(corpus.window - window.size, np.int64), window])
+        tokens.append(int(np.argmax(model.predict_proba(window[None, :])[0])))
+    return corpus.decode(np.asarray(tokens[len(prompt) :]))
+
+
+def _last_layer_names(module: Any) -> list[str]:
+    """Parameter names of the module's final layer (weight and bias)."""
+    names = [name for name, p in module.named_parameters() if p.requires_grad]
+    last_prefix = names[-1].rsplit(".", 1)[0]
+    return [name for name in names if name.rsplit(".", 1)[0] == last_prefix]
+
+
+def _method(name: str, model: Any, settings: CanarySettings) -> Any:
+    from oblivio import unlearners
+
+    if name == "first-order":
+        return unlearners.create("first-order", model)
+    if name == "second-order-cg":
+        return unlearners.create("second-order", model, solver="cg", damping=1e-3, max_iter=100)
+    if name == "second-order-lissa":
+        return unlearners.create(
+            "second-order",
+            model,
+            solver="lissa",
+            damping=1e-3,
+            lissa_batch_size=512,
+            on_failure="report",
+        )
+    if name == "finetune":
+        return unlearners.create("finetune", model, epochs=1)
+    if name == "retrain":
+        return unlearners.create("retrain", model)
+    raise ValueError(f"unknown canary method {name!r}")
+
+
+def run_canary(
+    settings: CanarySettings, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Run the experiment; return settings, the original model's numbers and one row per method."""
+    import torch
+
+    from oblivio.models import CharLSTM, TorchModel
+
+    torch.set_num_threads(1)
+    progress = progress or (lambda message: None)
+    canary = settings.prefix + settings.secret + settings.suffix
+    corpus, split = load_text(
+        settings.corpus,
+        window=settings.window,
+        skip=settings.skip,
+        max_chars=settings.max_chars,
+        canary=canary,
+        canary_times=settings.times,
+        canary_seed=settings.seed,
+    )
+    train = split.train
+    vocab = len(corpus.vocab)
+    prefix_tokens = corpus.encode(settings.prefix)
+    secret_tokens = corpus.encode(settings.secret)
+    digits = corpus.encode("0123456789")
+
+    def make_model(params: list[str] | None = None) -> Any:
+        module = CharLSTM(vocab, embed=settings.embed, hidden=settings.hidden)
+        return TorchModel(
+            module,
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            lr=settings.lr,
+            seed=settings.seed,
+            params=params,
+        )
+
+    rng = np.random.default_rng(settings.seed)
+    eval_ids = rng.choice(train.ids, size=min(settings.eval_windows, len(train)), replace=False)
+
+    def measure(model: Any, fit: Any) -> tuple[Any, float, str]:
+        result = exposure_skewnormal(
+            model,
+            prefix_tokens,
+            secret_tokens,
+            digits,
+            window=settings.window,
+            n_samples=settings.n_samples,
+            seed=settings.seed,
+            fit=fit,
+        )
+        accuracy = float(
+            np.mean(model.predict(train.select(eval_ids).X) == train.select(eval_ids).y)
+        )
+        completion = greedy_completion(model, corpus, settings.prefix, len(settings.secret) + 20)
+        return result, accuracy, completion
+
+    progress(f"training CharLSTM on {len(train):,} windows ({settings.epochs} epochs)")
+    start = time.perf_counter()
+    original = make_model().fit(train)
+    train_seconds = time.perf_counter() - start
+    before, before_accuracy, before_completion = measure(original, None)
+    fit = None if settings.refit else before.fit
+    request = replace_secret(corpus, train, settings.secret, settings.replacement)
+    last_layer = _last_layer_names(original.module_)
+
+    rows = []
+    for name in settings.methods:
+        progress(f"unlearning with {name}")
+        restricted = name.startswith(("first-order", "second-order"))
+        model = make_model(last_layer if restricted else None)
+        model.set_state(copy.deepcopy(original.get_state()))
+        unlearner = _method(name, model, settings).attach(train)
+        result = unlearner.forget(request)
+        seconds = result.seconds + getattr(unlearner, "prepare_seconds_", 0.0)
+        after, accuracy, completion = measure(unlearner.model_, fit)
+        rows.append(
+            CanaryRow(
+                name,
+                after.exposure,
+                after.log_perplexity,
+                accuracy,
+                seconds,
+                completion,
+                dict(result.diagnostics),
+            )
+        )
+    return {
+        "settings": asdict(settings),
+        "n_windows": len(train),
+        "n_affected": len(request.ids),
+        "vocab": vocab,
+        "train_seconds": train_seconds,
+        "original": asdict(
+            CanaryRow(
+                "original",
+                before.exposure,
+                before.log_perplexity,
+                before_accuracy,
+                train_seconds,
+                before_completion,
+            )
+        ),
+        "space_bits": before.space_bits,
+        "fit": before.fit,
+        "rows": [asdict(row) for row in rows],
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Markdown table of a :func:`run_canary` report."""
+    lines = [
+        f"Canary exposure (skew-normal over digits, {report['space_bits']:.1f} bits max); "
+        f"{report['n_affected']} of {report['n_windows']:,} windows changed by the request.",
+        "",
+        "| model | exposure (bits) | log-ppl (bits) | window accuracy | seconds | completion |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in [report["original"], *report["rows"]]:
+        completion = row["completion"].replace("\n", "⏎").replace("|", "¦")
+        lines.append(
+            f"| {row['method']} | {row['exposure']:.2f} | {row['log_perplexity']:.1f} | "
+            f"{row['accuracy']:.3f} | {row['seconds']:.2f} | `{completion}` |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def save_report(report: dict[str, Any], folder: str | Path) -> Path:
+    """Write ``canary.json`` and ``canary.md`` into ``folder`` (atomically)."""
+    folder = Path(folder)
+    write_json(folder / "canary.json", report)
+    return write_text(folder / "canary.md", format_table(report))
