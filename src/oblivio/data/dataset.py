@@ -27,6 +27,11 @@ def _freeze(array: np.ndarray) -> np.ndarray:
 
 def _freeze_matrix(X: np.ndarray | sp.csr_matrix) -> np.ndarray | sp.csr_matrix:
     if sp.issparse(X):
+        if not X.has_canonical_format:
+            # scipy sorts indices / sums duplicates in place in many operations (tolil,
+            # slicing, ...), which fails on read-only arrays: canonicalise a copy first.
+            X = X.copy()
+            X.sum_duplicates()
         for part in (X.data, X.indices, X.indptr):
             part.setflags(write=False)
         return X
@@ -214,9 +219,11 @@ class Dataset:
         new_X = self.X
         if X is not None:
             if sp.issparse(self.X):
-                new_X = sp.lil_matrix(self.X, copy=True)
-                new_X[positions] = sp.csr_matrix(X) if sp.issparse(X) else np.asarray(X)
-                new_X = sp.csr_matrix(new_X)
+                # Stack the new rows under the old ones and pick rows: O(nnz), no LIL copy.
+                rows = sp.csr_matrix(X if sp.issparse(X) else np.atleast_2d(np.asarray(X)))
+                order = np.arange(len(self))
+                order[positions] = len(self) + np.arange(len(positions))
+                new_X = sp.vstack([self.X, rows], format="csr")[order]
             else:
                 new_X = np.array(self.X, copy=True)
                 new_X[positions] = np.asarray(X, dtype=new_X.dtype).reshape(

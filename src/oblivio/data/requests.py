@@ -205,8 +205,10 @@ class ReplaceFeatures(Request):
         features = tuple(f.item() if isinstance(f, np.generic) else f for f in features)
         if not features:
             raise RequestError("ReplaceFeatures needs at least one feature")
-        if not np.isfinite(self.value):
-            raise RequestError(f"value must be finite, got {self.value}")
+        if not isinstance(self.value, (int, float, np.integer, np.floating)) or not np.isfinite(
+            self.value
+        ):
+            raise RequestError(f"value must be a finite number, got {self.value!r}")
         object.__setattr__(self, "features", features)
         if self.ids is not None:
             object.__setattr__(self, "ids", as_id_array(self.ids))
@@ -222,9 +224,21 @@ class ReplaceFeatures(Request):
             _check_ids(train, ids)
         before = train.select(ids)
         if sp.issparse(train.X):
-            new_rows = sp.lil_matrix(before.X, dtype=np.float64)
-            new_rows[:, columns] = self.value
-            new_rows = sp.csr_matrix(new_rows)
+            # Zero the columns with a diagonal mask, then add ``value`` there (CSR throughout).
+            keep = np.ones(before.X.shape[1])
+            keep[columns] = 0.0
+            new_rows = sp.csr_matrix(before.X @ sp.diags(keep), dtype=np.float64)
+            if self.value != 0:
+                k, n = columns.size, len(before)
+                filled = sp.csr_matrix(
+                    (
+                        np.full(n * k, float(self.value)),
+                        np.tile(np.sort(columns), n),
+                        np.arange(0, n * k + 1, k),
+                    ),
+                    shape=before.X.shape,
+                )
+                new_rows = sp.csr_matrix(new_rows + filled)
             new_rows.eliminate_zeros()
         else:
             new_rows = np.array(before.X, dtype=np.result_type(before.X.dtype, np.float64))
@@ -243,14 +257,25 @@ class Replace(Request):
 
     def __post_init__(self) -> None:
         ids = as_id_array(self.ids)
-        X = self.X if sp.issparse(self.X) else np.asarray(self.X)
+        X = sp.csr_matrix(self.X) if sp.issparse(self.X) else np.asarray(self.X)
+        if X.ndim < 2:
+            raise RequestError(
+                f"Replace needs X of shape (n_ids, ...) with one row per id, got shape {X.shape}"
+            )
         if X.shape[0] != ids.size:
             raise RequestError(f"Replace needs one row of X per id: {ids.size} ids, X {X.shape}")
         values = X.data if sp.issparse(X) else X
         if values.dtype.kind not in "biuf":
             raise RequestError(f"X must be numeric, got dtype {values.dtype}")
         if not np.all(np.isfinite(values)):
-            raise RequestError("X contains non-finite values (nan or inf)")
+            if sp.issparse(X):
+                rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))[~np.isfinite(X.data)]
+            else:
+                rows = np.flatnonzero((~np.isfinite(X.reshape(X.shape[0], -1))).any(axis=1))
+            raise RequestError(
+                f"X contains non-finite values (nan or inf) in the rows of ids "
+                f"{_preview(np.unique(ids[rows]))}"
+            )
         y = None if self.y is None else _as_labels(self.y)
         if y is not None and y.shape != ids.shape:
             raise RequestError(f"Replace needs one label per id: {ids.size} ids, y {y.shape}")
@@ -268,5 +293,8 @@ class Replace(Request):
         if self.y is not None:
             _check_labels(train, self.y)
         before = train.select(self.ids)
-        result = train.update(self.ids, X=self.X, y=self.y)
+        X = self.X
+        if sp.issparse(X) and not sp.issparse(train.X):
+            X = X.toarray().reshape((X.shape[0],) + train.X.shape[1:])
+        result = train.update(self.ids, X=X, y=self.y)
         return Change(before=before, after=result.select(self.ids), result=result, request=self)
