@@ -2,5 +2,17 @@
 
 from oblivio.models.base import BaseModel, Model, NotFittedError
 from oblivio.models.logistic import ConvergenceWarning, LogisticRegression
+from oblivio.models.nets import MLP, CharLSTM, SmallCNN
+from oblivio.models.torch_model import TorchModel
 
-__all__ = ["BaseModel", "ConvergenceWarning", "LogisticRegression", "Model", "NotFittedError"]
+__all__ = [
+    "MLP",
+    "BaseModel",
+    "CharLSTM",
+    "ConvergenceWarning",
+    "LogisticRegression",
+    "Model",
+    "NotFittedError",
+    "SmallCNN",
+    "TorchModel",
+]

@@ -13,12 +13,26 @@ from oblivio.unlearners.base import (
     get,
     register,
 )
+from oblivio.unlearners.certified import CertifiedRemoval
+from oblivio.unlearners.influence import FirstOrder, SecondOrder
+from oblivio.unlearners.instance import L2UL, FineTune, GradientAscent, RandomLabels
 from oblivio.unlearners.retrain import Retrain
+from oblivio.unlearners.sisa import SISA, CheckpointError, SISAEnsemble
 
 __all__ = [
     "Certificate",
+    "CertifiedRemoval",
+    "FirstOrder",
+    "FineTune",
+    "GradientAscent",
+    "L2UL",
+    "RandomLabels",
+    "SecondOrder",
     "Outcome",
     "Retrain",
+    "SISA",
+    "SISAEnsemble",
+    "CheckpointError",
     "UnlearnResult",
     "Unlearner",
     "available",

@@ -1,0 +1,302 @@
+"""Building blocks for unlearning neural classifiers, on plain ``torch.nn.Module`` objects.
+
+Pure functions used by :mod:`oblivio.unlearners.instance`: targeted L2 projected gradient
+descent (the adversarial examples of L2UL), MAS weight importance and its inverted min–max
+normalisation, and small helpers (device, tensors, batch-norm modes, goal checks).
+References: Cha et al., *Learning to Unlearn: Instance-wise Unlearning for Pre-trained
+Classifiers*, AAAI 2024 (``reference/instance-unlearning.md`` §3–§4); Aljundi et al.,
+*Memory Aware Synapses*, ECCV 2018; Madry et al., ICLR 2018 (PGD).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+__all__ = [
+    "as_inputs",
+    "draw_targets",
+    "invert_importance",
+    "mas_importance",
+    "module_device",
+    "predict_labels",
+    "targeted_l2_pgd",
+]
+
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """The device of the module's first parameter (CPU for a module without parameters)."""
+    for parameter in module.parameters():
+        return parameter.device
+    return torch.device("cpu")
+
+
+def _float_dtype(module: nn.Module) -> torch.dtype:
+    for parameter in module.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return torch.float32
+
+
+def as_inputs(X: np.ndarray | sp.csr_matrix | torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """``X`` as a tensor on the module's device (floating inputs in the module's dtype).
+
+    Integer inputs (token ids for embedding models) keep an integer dtype.
+    """
+    if isinstance(X, torch.Tensor):
+        tensor = X
+    else:
+        array = X.toarray() if sp.issparse(X) else np.asarray(X)
+        tensor = torch.from_numpy(np.array(array))  # a writable copy
+    if tensor.is_floating_point():
+        tensor = tensor.to(_float_dtype(module))
+    elif tensor.dtype != torch.bool:
+        tensor = tensor.long()
+    return tensor.to(module_device(module))
+
+
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """Put ``module`` in eval mode for the block, then restore every submodule's mode."""
+    modes = [m.training for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, mode in zip(module.modules(), modes, strict=True):
+            m.training = mode
+
+
+def set_train_mode(module: nn.Module, bn_mode: str, batch_size: int | None = None) -> None:
+    """Train mode for updates; with ``bn_mode="eval"`` batch-norm layers stay in eval mode.
+
+    L2UL updates in train mode, so batch-norm running statistics drift with the forget and
+    adversarial batches (reference §5, pitfall 8): ``bn_mode="train"`` replicates it. A
+    batch of one record (``batch_size=1``) runs batch norm in eval mode: batch statistics
+    need two values.
+    """
+    module.train()
+    if bn_mode == "eval" or batch_size == 1:
+        for m in module.modules():
+            if isinstance(m, _BATCH_NORMS):
+                m.eval()
+
+
+@torch.no_grad()
+def predict_labels(module: nn.Module, X: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Arg-max predictions of ``module`` in eval mode (its modes are restored afterwards)."""
+    outputs = []
+    with evaluating(module):
+        for start in range(0, X.shape[0], batch_size):
+            outputs.append(module(X[start : start + batch_size]).argmax(dim=1))
+    if not outputs:
+        return torch.zeros(0, dtype=torch.long, device=X.device)
+    return torch.cat(outputs)
+
+
+def draw_targets(
+    y: np.ndarray,
+    n_classes: int,
+    n_per_record: int,
+    rng: np.random.Generator,
+    *,
+    sampling: str = "uniform",
+) -> np.ndarray:
+    """Target classes for the adversarial examples of each record (reference §3, step 2).
+
+    Returns an array of shape ``(len(y) * n_per_record,)``: record ``i``'s targets occupy
+    positions ``i * n_per_record .. (i + 1) * n_per_record - 1``.
+
+    Parameters
+    ----------
+    sampling : {"uniform", "original"}
+        ``"uniform"`` (default): uniform over the classes other than the record's label.
+        ``"original"``: the released code's rule, uniform over all classes with a collision
+        replaced by class ``n_classes // 2`` (which can equal the label itself).
+    """
+    if n_classes < 2:
+        raise ValueError(f"adversarial targets need at least 2 classes, got {n_classes}")
+    labels = np.repeat(np.asarray(y, dtype=np.int64), n_per_record)
+    if sampling == "uniform":
+        shift = rng.integers(1, n_classes, size=labels.shape[0])
+        return (labels + shift) % n_classes
+    if sampling == "original":
+        targets = rng.integers(0, n_classes, size=labels.shape[0])
+        targets[targets == labels] = n_classes // 2
+        return targets
+    raise ValueError(f"sampling must be 'uniform' or 'original', got {sampling!r}")
+
+
+def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(t.flatten(1), dim=1).view(-1, *([1] * (t.dim() - 1)))
+
+
+def _project_l2(delta: torch.Tensor, eps: float) -> torch.Tensor:
+    norms = _per_sample_norm(delta)
+    factor = torch.clamp(eps / torch.clamp(norms, min=1e-12), max=1.0)
+    return delta * factor
+
+
+def targeted_l2_pgd(
+    module: nn.Module,
+    x: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    eps: float = 4.0,
+    step: float = 0.1,
+    steps: int = 100,
+    clip: tuple[float, float] = (0.0, 1.0),
+    generator: torch.Generator | None = None,
+    batch_size: int = 1024,
+) -> torch.Tensor:
+    """Targeted L2 projected gradient descent with a random start (reference §3, step 3).
+
+    Semantics of advertorch's ``L2PGDAttack(targeted=True, rand_init=True)``: start from
+    ``delta = u - x`` with ``u ~ U[lo, hi]^dim``, rescaled into the ball ``||delta||_2 <= eps``
+    and clipped so that ``x + delta`` lies in ``[lo, hi]``; then ``steps`` times
+
+    ``delta <- delta - step * g / ||g||_2``,  ``g = grad_delta CE(f(x + delta), target)``
+
+    (per-sample normalisation; descent because the attack is targeted), clip ``x + delta``
+    to ``[lo, hi]`` and project ``delta`` onto the L2 ball of radius ``eps``. Because the box
+    contains ``delta = 0`` the projection keeps the box constraint, so the output satisfies
+    both. The module runs in eval mode; its parameters receive no gradient.
+
+    Parameters
+    ----------
+    module : nn.Module
+        Classifier returning logits.
+    x : Tensor of shape (n, ...)
+        Clean inputs inside ``clip``.
+    target : Tensor of shape (n,)
+        Target classes.
+    eps, step, steps : float, float, int
+        Radius of the L2 ball (in input units, over all input values of a record), step
+        length and number of steps.
+    clip : (float, float)
+        The valid input range ``[lo, hi]`` (the model's real input range, not assumed
+        [0, 1]: reference pitfall 5).
+    generator : torch.Generator, optional
+        CPU generator for the random start (seeded by the caller for repeatability).
+
+    Returns
+    -------
+    Tensor
+        ``x_adv`` with ``||x_adv - x||_2 <= eps`` (up to float rounding) and values in
+        ``[lo, hi]``.
+    """
+    if eps <= 0 or step <= 0 or steps < 0:
+        raise ValueError(f"need eps > 0, step > 0, steps >= 0; got {eps}, {step}, {steps}")
+    lo, hi = float(clip[0]), float(clip[1])
+    if not lo < hi:
+        raise ValueError(f"clip must be an interval lo < hi, got {clip!r}")
+    if not x.is_floating_point():
+        raise ValueError("adversarial examples need floating-point inputs (not token ids)")
+    requires = [p.requires_grad for p in module.parameters()]
+    for p in module.parameters():
+        p.requires_grad_(False)
+    outputs = []
+    try:
+        with evaluating(module):
+            for start in range(0, x.shape[0], batch_size):
+                xb = x[start : start + batch_size].detach()
+                tb = target[start : start + batch_size].to(xb.device, torch.long)
+                u = torch.rand(xb.shape, generator=generator, dtype=xb.dtype)
+                u = (lo + (hi - lo) * u).to(xb.device)
+                delta = _project_l2(u - xb, eps)
+                delta = torch.clamp(xb + delta, lo, hi) - xb
+                for _ in range(steps):
+                    delta.requires_grad_(True)
+                    loss = nn.functional.cross_entropy(module(xb + delta), tb, reduction="sum")
+                    (grad,) = torch.autograd.grad(loss, delta)
+                    with torch.no_grad():
+                        grad = grad / torch.clamp(_per_sample_norm(grad), min=1e-12)
+                        delta = delta - step * grad
+                        delta = torch.clamp(xb + delta, lo, hi) - xb
+                        delta = _project_l2(delta, eps)
+                outputs.append(torch.clamp(xb + delta.detach(), lo, hi))
+    finally:
+        for p, flag in zip(module.parameters(), requires, strict=True):
+            p.requires_grad_(flag)
+    if not outputs:
+        return x.detach().clone()
+    return torch.cat(outputs)
+
+
+def mas_importance(
+    module: nn.Module, x: torch.Tensor, *, batch_size: int = 32
+) -> dict[str, torch.Tensor]:
+    """MAS importance of every trainable parameter on the inputs ``x`` (reference §4, step 1).
+
+    ``Omega_j = (1 / N') * sum_B |B| * | d/d theta_j [ (1/|B|) sum_{x in B} ||g(x)||_2 ] |``
+
+    with ``N' = (floor(k / batch_size) + 1) * batch_size`` (Aljundi et al., ECCV 2018, Eq. 10,
+    as used by L2UL): the **un-squared** L2 norm of the logit vector, the absolute value of
+    the **batch-mean** gradient, consecutive unshuffled batches. The module runs in train
+    mode (batch norm uses batch statistics, as in the released code) on the given weights;
+    a batch of a single record runs its batch-norm layers in eval mode (batch statistics
+    need two values). Gradients are taken per batch (``torch.autograd.grad``), so nothing
+    accumulates across batches (pitfall 4) and the module's ``.grad`` fields are untouched.
+    The running statistics of batch-norm layers are restored afterwards.
+
+    Returns
+    -------
+    dict of str to Tensor
+        ``Omega`` per named trainable parameter, same shapes.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    totals = {n: torch.zeros_like(p) for n, p in named}
+    k = x.shape[0]
+    buffers = {n: b.detach().clone() for n, b in module.named_buffers()}
+    modes = [m.training for m in module.modules()]
+    try:
+        module.train()
+        for start in range(0, k, batch_size):
+            xb = x[start : start + batch_size]
+            if xb.shape[0] == 1:
+                for m in module.modules():
+                    if isinstance(m, _BATCH_NORMS):
+                        m.eval()
+            out = module(xb)
+            objective = torch.linalg.vector_norm(out.flatten(1), dim=1).mean()
+            grads = torch.autograd.grad(objective, [p for _, p in named], allow_unused=True)
+            for (n, _), g in zip(named, grads, strict=True):
+                if g is not None:
+                    totals[n] += xb.shape[0] * g.abs()
+            module.train()
+    finally:
+        for m, mode in zip(module.modules(), modes, strict=True):
+            m.training = mode
+        with torch.no_grad():
+            for n, b in module.named_buffers():
+                b.copy_(buffers[n])
+    scale = (k // batch_size + 1) * batch_size
+    return {n: t / scale for n, t in totals.items()}
+
+
+def invert_importance(importance: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per-tensor min–max normalisation, then inversion (reference §4, step 2).
+
+    ``Omega~ = 1 - (Omega - min) / (max - min)`` per tensor, so weights most important for the
+    forget set get ``~0`` (free to move) and unimportant ones ``~1`` (anchored). A tensor
+    whose importance is constant (e.g. all-zero gradients) gets ``Omega~ = 1`` everywhere
+    instead of NaN (pitfall 3).
+    """
+    inverted = {}
+    for name, omega in importance.items():
+        lo, hi = omega.min(), omega.max()
+        span = hi - lo
+        if omega.numel() == 0 or not torch.isfinite(span) or span <= 0:
+            inverted[name] = torch.ones_like(omega)
+        else:
+            inverted[name] = 1.0 - (omega - lo) / span
+    return inverted
