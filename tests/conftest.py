@@ -3,10 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from threadpoolctl import threadpool_limits
 
 import oblivio as ob
 
 torch.set_num_threads(1)
+# Two-thread BLAS competing for two shared cores slows small solves ~10x.
+threadpool_limits(1)
 
 
 @pytest.fixture(scope="session")

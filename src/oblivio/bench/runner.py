@@ -214,7 +214,13 @@ def run_cell(cell: Cell, out: Path, mia: bool = True) -> dict[str, Any]:
         unlearner.fit(scenario.train)
     else:
         unlearner.model = original
-        unlearner.attach(scenario.train)
+        try:
+            unlearner.attach(scenario.train)
+        except ValueError:
+            # e.g. certified removal refuses a model trained without loss perturbation:
+            # such methods train their own model (not counted as unlearning time).
+            unlearner.model = fresh()
+            unlearner.fit(scenario.train)
     seconds = unlearner.prepare_seconds_
     budget_trace = []
     results = []
