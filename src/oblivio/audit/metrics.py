@@ -34,7 +34,9 @@ def param_distance(a: Any, b: Any) -> float:
     """Euclidean distance ``||theta_a - theta_b||`` between two models (or vectors)."""
     theta_a, theta_b = _theta_of(a), _theta_of(b)
     if theta_a.shape != theta_b.shape:
-        raise ValueError(f"parameter shapes differ: {tuple(theta_a.shape)} vs {tuple(theta_b.shape)}")
+        raise ValueError(
+            f"parameter shapes differ: {tuple(theta_a.shape)} vs {tuple(theta_b.shape)}"
+        )
     return float(torch.linalg.vector_norm(theta_a - theta_b))
 
 

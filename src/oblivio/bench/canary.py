@@ -113,15 +113,23 @@ def _method(name: str, model: Any, settings: CanarySettings) -> Any:
     if name == "first-order":
         return unlearners.create("first-order", model)
     if name == "second-order-cg":
-        return unlearners.create("second-order", model, solver="cg", damping=1e-3, max_iter=100)
+        return unlearners.create(
+            "second-order",
+            model,
+            solver="cg",
+            damping=1.0,
+            max_iter=100,
+            rtol=1e-2,
+            on_failure="skip",
+        )
     if name == "second-order-lissa":
         return unlearners.create(
             "second-order",
             model,
             solver="lissa",
-            damping=1e-3,
+            damping=1.0,
             lissa_batch_size=512,
-            on_failure="report",
+            on_failure="skip",
         )
     if name == "finetune":
         return unlearners.create("finetune", model, epochs=1)
