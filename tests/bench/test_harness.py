@@ -104,3 +104,16 @@ def test_interrupted_run_resumes_without_recomputation(tmp_path, monkeypatch):
 def test_torn_last_line_is_ignored(tmp_path):
     (tmp_path / "results.jsonl").write_text('{"cell": "a"}\n{"cell": ')
     assert runner.read_records(tmp_path) == [{"cell": "a"}]
+
+
+def test_shipped_configs_are_valid():
+    from pathlib import Path
+
+    from oblivio.bench.config import load_config
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    names = sorted(p.name for p in root.glob("*.toml"))
+    assert names == ["paper-linear.toml", "paper-neural.toml", "quick.toml"]
+    for path in root.glob("*.toml"):
+        config = load_config(path)
+        assert config.cells(), path
