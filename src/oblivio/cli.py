@@ -157,34 +157,50 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_experiment(title: str, settings, run, format_table, save_report, out: str) -> int:
+    """Run one of the application experiments with a status line; print and save its table."""
+    console = _console()
+    with console.status(title) as status:
+        report = run(settings, progress=status.update)
+    console.print(format_table(report))
+    console.print(f"written to {save_report(report, out)}")
+    return 0
+
+
 def _cmd_canary(args: argparse.Namespace) -> int:
-    from oblivio.bench.canary import CanarySettings, format_table, run_canary, save_report
+    from oblivio.bench import canary
 
     overrides = {"corpus": args.corpus} if args.corpus else {}
     if args.epochs:
         overrides["epochs"] = args.epochs
-    settings = CanarySettings.quick(**overrides) if args.quick else CanarySettings(**overrides)
-    console = _console()
-    with console.status("canary experiment") as status:
-        report = run_canary(settings, progress=status.update)
-    console.print(format_table(report))
-    console.print(f"written to {save_report(report, args.out)}")
-    return 0
+    settings_class = canary.CanarySettings
+    settings = settings_class.quick(**overrides) if args.quick else settings_class(**overrides)
+    return _run_experiment(
+        "canary experiment",
+        settings,
+        canary.run_canary,
+        canary.format_table,
+        canary.save_report,
+        args.out,
+    )
 
 
 def _cmd_poison_repair(args: argparse.Namespace) -> int:
-    from oblivio.bench.poison import PoisonSettings, format_table, run_poison_repair, save_report
+    from oblivio.bench import poison
 
     overrides = {"root": args.root} if args.root else {}
     if args.dataset:
         overrides["dataset"] = args.dataset
-    settings = PoisonSettings.quick(**overrides) if args.quick else PoisonSettings(**overrides)
-    console = _console()
-    with console.status("label repair experiment") as status:
-        report = run_poison_repair(settings, progress=status.update)
-    console.print(format_table(report))
-    console.print(f"written to {save_report(report, args.out)}")
-    return 0
+    settings_class = poison.PoisonSettings
+    settings = settings_class.quick(**overrides) if args.quick else settings_class(**overrides)
+    return _run_experiment(
+        "label repair experiment",
+        settings,
+        poison.run_poison_repair,
+        poison.format_table,
+        poison.save_report,
+        args.out,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,17 @@ from oblivio.bench.config import parse_config
 from oblivio.bench.report import write_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Headless, and no background connections: this machine's network is closed.
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.mark.slow
@@ -31,14 +42,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     dom = subprocess.run(
         [
             CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+            *FLAGS,
             f"--user-data-dir={tmp_path / 'profile'}",
             "--dump-dom",
             page.as_uri(),
@@ -52,14 +56,7 @@ def test_report_renders_in_headless_chromium(tmp_path):
     subprocess.run(
         [
             CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
+            *FLAGS,
             f"--user-data-dir={tmp_path / 'profile'}",
             f"--screenshot={screenshot}",
             "--window-size=1400,1600",
