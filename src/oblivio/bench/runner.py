@@ -155,9 +155,9 @@ def _cached_fit(
 
 
 def _record_losses(model: Any, data: Dataset) -> np.ndarray:
-    probabilities = model.predict_proba(data.X)
-    picked = probabilities[np.arange(len(data)), data.y]
-    return -np.log(np.clip(picked, 1e-12, 1.0))
+    from oblivio.audit.mia import per_record_loss, posteriors
+
+    return per_record_loss(posteriors(model, data.X), data.y)
 
 
 def loss_mia(model: Any, members: Dataset, non_members: Dataset) -> dict[str, Any]:
