@@ -246,3 +246,34 @@ def test_split_unpacks():
     data = make()
     train, test = Split(data, data.empty())
     assert train is data and len(test) == 0
+
+
+# -- lazy selection and id lookup ----------------------------------------------------------------
+@pytest.mark.parametrize("sparse", [False, True])
+def test_chained_selections_gather_x_once_and_match_eager_indexing(sparse):
+    data = make(n=12, sparse=sparse)
+    rest = data.drop([110, 150]).drop([100]).select([200, 120, 130]).drop([120])
+    assert rest._X is None  # nothing gathered yet: the drops only composed row positions
+    assert rest.shape == (2, 3) and len(rest) == 2 and rest.n_features == 3
+    assert rest.is_sparse == sparse
+    expected = data.dense()[data.positions([200, 130])]
+    np.testing.assert_array_equal(rest.dense(), expected)
+    assert not (rest.X.data if sparse else rest.X).flags.writeable
+    np.testing.assert_array_equal(rest.ids, [200, 130])
+    np.testing.assert_array_equal(rest.y, data.y[data.positions([200, 130])])
+    np.testing.assert_array_equal(data.dense(), make(n=12).X)  # the source is untouched
+
+
+def test_lookup_with_unsorted_ids_and_pickle_round_trip():
+    import pickle
+
+    data = make(ids=[50, 10, 40, 30, 20, 60])
+    np.testing.assert_array_equal(data.positions([20, 50, 60]), [4, 0, 5])
+    np.testing.assert_array_equal(data.contains([20, 25, 60, 5]), [True, False, True, False])
+    rest = data.drop([10])
+    np.testing.assert_array_equal(rest.positions([30, 60]), [2, 4])
+    copy = pickle.loads(pickle.dumps(rest))
+    np.testing.assert_array_equal(copy.X, rest.X)
+    np.testing.assert_array_equal(copy.ids, rest.ids)
+    assert copy.classes == rest.classes and copy.name == rest.name
+    assert Dataset(np.zeros((0, 2)), np.zeros(0)).contains([1]).tolist() == [False]

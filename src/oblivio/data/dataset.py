@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass
 from typing import Any
 
 import numpy as np
@@ -64,7 +64,6 @@ def as_id_array(ids: ArrayLike, what: str = "ids") -> np.ndarray:
     return array.astype(np.int64)
 
 
-@dataclass(frozen=True, eq=False)
 class Dataset:
     """A labelled dataset whose records keep their ids for life.
 
@@ -86,27 +85,36 @@ class Dataset:
 
     Notes
     -----
-    Instances are immutable (arrays are marked read-only); every operation returns a new
-    dataset that shares memory with this one where it can.
+    Instances are immutable (arrays are marked read-only, attributes cannot be set); every
+    operation returns a new dataset that shares memory with this one where it can.
+
+    Row selections (:meth:`take`, :meth:`drop`, :meth:`select`) are lazy: the new dataset
+    remembers its source matrix and row positions and gathers ``X`` on first access. A
+    stream of deletion requests therefore costs ``O(n)`` per request (labels and ids) and
+    not a copy of ``X`` each time, and unlearners that keep their own copy of the design
+    matrix never pay for it. Ids are looked up with a binary search over the (cached) sorted
+    ids, ``O(k log n)`` for ``k`` ids.
     """
 
-    X: np.ndarray | sp.csr_matrix
-    y: np.ndarray
-    ids: np.ndarray | None = None
-    feature_names: tuple[str, ...] | None = None
-    classes: tuple[Any, ...] | None = None
-    name: str = "data"
-    _position_of: dict[int, int] = field(default=None, init=False, repr=False, compare=False)
+    __slots__ = ("_X", "_source", "_rows", "y", "ids", "feature_names", "classes", "name",
+                 "_order")
 
-    def __post_init__(self) -> None:
-        X = self.X
+    def __init__(
+        self,
+        X: np.ndarray | sp.csr_matrix,
+        y: ArrayLike,
+        ids: ArrayLike | None = None,
+        feature_names: Sequence[str] | None = None,
+        classes: Sequence[Any] | None = None,
+        name: str = "data",
+    ) -> None:
         if sp.issparse(X):
             X = sp.csr_matrix(X)
         else:
             X = np.asarray(X)
             if X.ndim < 2:
                 raise ValueError(f"X must have shape (n, ...) with at least 2 dims, got {X.shape}")
-        y = np.asarray(self.y)
+        y = np.asarray(y)
         n = X.shape[0]
         if y.shape != (n,):
             raise ValueError(f"y must have shape ({n},) to match X, got {y.shape}")
@@ -116,13 +124,12 @@ class Dataset:
             else:
                 raise ValueError(f"y must hold integer labels, got dtype {y.dtype}")
         y = y.astype(np.int64, copy=False)
-        ids = np.arange(n, dtype=np.int64) if self.ids is None else as_id_array(self.ids)
+        ids = np.arange(n, dtype=np.int64) if ids is None else as_id_array(ids)
         if ids.shape != (n,):
             raise ValueError(f"ids must have shape ({n},), got {ids.shape}")
         unique, counts = np.unique(ids, return_counts=True)
         if unique.size != n:
             raise ValueError(f"ids must be unique; repeated: {_preview(unique[counts > 1])}")
-        classes = self.classes
         if classes is None:
             classes = tuple(range(int(y.max()) + 1)) if y.size else ()
         classes = tuple(classes)
@@ -131,27 +138,57 @@ class Dataset:
             raise ValueError(
                 f"labels must lie in 0..{len(classes) - 1} (one per class), got {_preview(bad)}"
             )
-        feature_names = self.feature_names
         if feature_names is not None:
             feature_names = tuple(str(f) for f in feature_names)
             if X.ndim != 2 or len(feature_names) != X.shape[1]:
                 raise ValueError(
                     f"feature_names has {len(feature_names)} entries for X of shape {X.shape}"
                 )
-        object.__setattr__(self, "X", _freeze_matrix(X))
-        object.__setattr__(self, "y", _freeze(y))
-        object.__setattr__(self, "ids", _freeze(ids))
-        object.__setattr__(self, "feature_names", feature_names)
-        object.__setattr__(self, "classes", classes)
+        self._init(_freeze_matrix(X), None, None, _freeze(y), _freeze(ids), feature_names,
+                   classes, name)
+
+    def _init(self, X: Any, source: Any, rows: np.ndarray | None, y: np.ndarray,
+              ids: np.ndarray, feature_names: tuple[str, ...] | None,
+              classes: tuple[Any, ...], name: str) -> None:
+        for slot, value in (("_X", X), ("_source", source), ("_rows", rows), ("y", y),
+                            ("ids", ids), ("feature_names", feature_names),
+                            ("classes", classes), ("name", name), ("_order", None)):
+            object.__setattr__(self, slot, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}: Dataset is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}: Dataset is immutable")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # pickling (joblib, dask workers) and deepcopy: rebuild through the checked constructor
+        return (Dataset, (self.X, self.y, self.ids, self.feature_names, self.classes, self.name))
+
+    @property
+    def X(self) -> np.ndarray | sp.csr_matrix:
+        """Features (gathered from the source matrix on first access after a selection)."""
+        if self._X is None:
+            object.__setattr__(self, "_X", _freeze_matrix(self._source[self._rows]))
+            object.__setattr__(self, "_source", None)
+            object.__setattr__(self, "_rows", None)
+        return self._X
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """Shape of ``X`` (without gathering a lazy selection)."""
+        if self._X is not None:
+            return tuple(self._X.shape)
+        return (int(self._rows.size),) + tuple(self._source.shape[1:])
 
     # -- basic facts -------------------------------------------------------------------
     def __len__(self) -> int:
-        return int(self.X.shape[0])
+        return int(self.y.shape[0])
 
     @property
     def n_features(self) -> int:
         """Number of columns of a 2-d ``X`` (product of trailing dims otherwise)."""
-        return int(np.prod(self.X.shape[1:]))
+        return int(np.prod(self.shape[1:]))
 
     @property
     def n_classes(self) -> int:
@@ -159,22 +196,37 @@ class Dataset:
 
     @property
     def is_sparse(self) -> bool:
-        return sp.issparse(self.X)
+        return sp.issparse(self._X if self._X is not None else self._source)
 
     def __repr__(self) -> str:
         kind = "sparse " if self.is_sparse else ""
         return (
-            f"Dataset(name={self.name!r}, n={len(self)}, X={kind}{tuple(self.X.shape)}, "
+            f"Dataset(name={self.name!r}, n={len(self)}, X={kind}{self.shape}, "
             f"classes={len(self.classes)})"
         )
 
     # -- ids ---------------------------------------------------------------------------
-    def _positions_map(self) -> dict[int, int]:
-        if self._position_of is None:
-            object.__setattr__(
-                self, "_position_of", {int(i): p for p, i in enumerate(self.ids.tolist())}
-            )
-        return self._position_of
+    def _sorted_ids(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """Ids in increasing order and the permutation that sorts them (None if sorted)."""
+        if self._order is None:
+            ids = self.ids
+            if ids.size < 2 or bool(np.all(ids[1:] > ids[:-1])):
+                order = False  # already sorted (the usual case: loaders and drops keep order)
+            else:
+                order = np.argsort(ids, kind="stable")
+            object.__setattr__(self, "_order", order)
+        if self._order is False:
+            return self.ids, None
+        return self.ids[self._order], self._order
+
+    def _find(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions of ``ids`` (garbage where absent) and a mask of which are present."""
+        sorted_ids, order = self._sorted_ids()
+        if sorted_ids.size == 0:
+            return np.zeros(ids.size, dtype=np.int64), np.zeros(ids.size, dtype=bool)
+        where = np.minimum(np.searchsorted(sorted_ids, ids), sorted_ids.size - 1)
+        found = sorted_ids[where] == ids
+        return (where if order is None else order[where]).astype(np.int64), found
 
     def positions(self, ids: ArrayLike) -> np.ndarray:
         """Row positions of ``ids`` in this dataset, in the order given.
@@ -185,21 +237,33 @@ class Dataset:
             If any id is not in the dataset (the message lists them).
         """
         ids = as_id_array(ids)
-        lookup = self._positions_map()
-        missing = [int(i) for i in ids if int(i) not in lookup]
-        if missing:
+        positions, found = self._find(ids)
+        if not found.all():
+            missing = ids[~found].tolist()
             raise RequestError(f"unknown ids (not in dataset {self.name!r}): {_preview(missing)}")
-        return np.fromiter((lookup[int(i)] for i in ids), dtype=np.int64, count=ids.size)
+        return positions
 
     def contains(self, ids: ArrayLike) -> np.ndarray:
         """Boolean mask: which of ``ids`` are in this dataset."""
-        lookup = self._positions_map()
-        return np.array([int(i) in lookup for i in as_id_array(ids)], dtype=bool)
+        return self._find(as_id_array(ids))[1]
 
     def take(self, positions: ArrayLike) -> Dataset:
-        """Rows at the given positions (not ids), as a new dataset."""
+        """Rows at the given positions (not ids), as a new dataset (``X`` gathered lazily)."""
         positions = np.asarray(positions, dtype=np.int64)
-        return self._with(self.X[positions], self.y[positions], self.ids[positions])
+        if positions.size > 1 and not bool(np.all(positions[1:] > positions[:-1])):
+            unique, counts = np.unique(positions, return_counts=True)
+            if unique.size != positions.size:  # ids must stay unique
+                repeated = self.ids[unique[counts > 1]]
+                raise ValueError(f"ids must be unique; repeated: {_preview(repeated)}")
+        if self._X is not None:
+            source, rows = self._X, positions
+        else:  # compose with this dataset's own pending selection: one gather in the end
+            source, rows = self._source, self._rows[positions]
+        selected = object.__new__(Dataset)
+        selected._init(None, source, rows, _freeze(self.y[positions]),
+                       _freeze(self.ids[positions]), self.feature_names, self.classes,
+                       self.name)
+        return selected
 
     def select(self, ids: ArrayLike) -> Dataset:
         """The records with ``ids``, in the order given."""
@@ -246,7 +310,10 @@ class Dataset:
         )
 
     def with_name(self, name: str) -> Dataset:
-        return self._with(self.X, self.y, self.ids, name=name)
+        renamed = object.__new__(Dataset)
+        renamed._init(self._X, self._source, self._rows, self.y, self.ids, self.feature_names,
+                      self.classes, name)
+        return renamed
 
     def _with(self, X: Any, y: Any, ids: Any, name: str | None = None) -> Dataset:
         return Dataset(
