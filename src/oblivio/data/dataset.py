@@ -96,8 +96,7 @@ class Dataset:
     ids, ``O(k log n)`` for ``k`` ids.
     """
 
-    __slots__ = ("_X", "_source", "_rows", "y", "ids", "feature_names", "classes", "name",
-                 "_order")
+    __slots__ = ("_X", "_source", "_rows", "y", "ids", "feature_names", "classes", "name", "_order")
 
     def __init__(
         self,
@@ -144,15 +143,32 @@ class Dataset:
                 raise ValueError(
                     f"feature_names has {len(feature_names)} entries for X of shape {X.shape}"
                 )
-        self._init(_freeze_matrix(X), None, None, _freeze(y), _freeze(ids), feature_names,
-                   classes, name)
+        self._init(
+            _freeze_matrix(X), None, None, _freeze(y), _freeze(ids), feature_names, classes, name
+        )
 
-    def _init(self, X: Any, source: Any, rows: np.ndarray | None, y: np.ndarray,
-              ids: np.ndarray, feature_names: tuple[str, ...] | None,
-              classes: tuple[Any, ...], name: str) -> None:
-        for slot, value in (("_X", X), ("_source", source), ("_rows", rows), ("y", y),
-                            ("ids", ids), ("feature_names", feature_names),
-                            ("classes", classes), ("name", name), ("_order", None)):
+    def _init(
+        self,
+        X: Any,
+        source: Any,
+        rows: np.ndarray | None,
+        y: np.ndarray,
+        ids: np.ndarray,
+        feature_names: tuple[str, ...] | None,
+        classes: tuple[Any, ...],
+        name: str,
+    ) -> None:
+        for slot, value in (
+            ("_X", X),
+            ("_source", source),
+            ("_rows", rows),
+            ("y", y),
+            ("ids", ids),
+            ("feature_names", feature_names),
+            ("classes", classes),
+            ("name", name),
+            ("_order", None),
+        ):
             object.__setattr__(self, slot, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -260,9 +276,16 @@ class Dataset:
         else:  # compose with this dataset's own pending selection: one gather in the end
             source, rows = self._source, self._rows[positions]
         selected = object.__new__(Dataset)
-        selected._init(None, source, rows, _freeze(self.y[positions]),
-                       _freeze(self.ids[positions]), self.feature_names, self.classes,
-                       self.name)
+        selected._init(
+            None,
+            source,
+            rows,
+            _freeze(self.y[positions]),
+            _freeze(self.ids[positions]),
+            self.feature_names,
+            self.classes,
+            self.name,
+        )
         return selected
 
     def select(self, ids: ArrayLike) -> Dataset:
@@ -311,8 +334,16 @@ class Dataset:
 
     def with_name(self, name: str) -> Dataset:
         renamed = object.__new__(Dataset)
-        renamed._init(self._X, self._source, self._rows, self.y, self.ids, self.feature_names,
-                      self.classes, name)
+        renamed._init(
+            self._X,
+            self._source,
+            self._rows,
+            self.y,
+            self.ids,
+            self.feature_names,
+            self.classes,
+            name,
+        )
         return renamed
 
     def _with(self, X: Any, y: Any, ids: Any, name: str | None = None) -> Dataset:
