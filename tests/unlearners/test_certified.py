@@ -110,6 +110,34 @@ def test_amortized_paths_stay_rigorous(binary_data, refine, refresh, monkeypatch
         assert deferred > 10  # the O(d^2) correction was used
 
 
+@pytest.mark.parametrize("k", [2, 3])
+def test_mixed_precision_pass_is_bounded_by_its_rounding_allowance(k):
+    """float32 ``X s`` and ``X^T (dc * a)``: errors within ``e_a`` and ``err`` (vs float64)."""
+    data = random_data(4, 400, 30, k)
+    model = LogisticRegression(l2=1e-2, multi_class="ovr")
+    u = CertifiedRemoval(model, sigma=1.0, epsilon=50.0, seed=0).fit(data)
+    for record in data.ids[:12]:  # drift the curvatures away from the cache
+        u.forget(Remove(ids=[record]))
+    assert u._X32 is not None and u._X32.dtype == np.float32
+    K = u._K
+    mask, counts = u._mask(), u._counts
+    rng = np.random.default_rng(1)
+    s = rng.standard_normal((K, u._D)) * 0.1
+    Delta = rng.standard_normal((K, u._D))
+    args = (u._X, u._Z, np.zeros(K), u._S, mask, counts, s, Delta, u._xnorm, np.zeros(K))
+    mixed = u._measure(*args, zerr=np.zeros(K), cache=u._cache)
+    exact = u._measure(*args, zerr=np.zeros(K), cache=None)  # float64 pass: the reference
+    assert np.all(mixed["e_a"] > 0) and np.all(exact["e_a"] == 0)
+    error_a = np.abs(mixed["A_full"] - exact["A_full"])
+    assert error_a.max() > 0  # rounding happened: the comparison is not vacuous
+    assert np.all(error_a <= mixed["e_a"][None, :])
+    error_r2 = np.linalg.norm(mixed["r2"] - exact["r2"], axis=1)
+    assert np.all(error_r2 <= mixed["err"] - exact["err"])
+    assert np.all(mixed["T1"] >= exact["T1"]) and np.all(mixed["T2"] >= exact["T2"] - 1e-12)
+    # ... and the allowance is small: the certificate barely pays for the speed
+    assert np.all(mixed["T2"] <= exact["T2"] + 1e-3 * np.linalg.norm(Delta, axis=1))
+
+
 def test_bounds_are_not_vacuous_and_data_bound_is_tighter(binary_data):
     """The data bound is far below the worst case, and above the true residual."""
     model = LogisticRegression(l2=1e-3)

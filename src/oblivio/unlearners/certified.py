@@ -75,7 +75,12 @@ curvatures then) and its Cholesky factor. Per step:
    iterative refinement preconditioned with the cached factor, ``O(d^2 + k d)`` per
    iteration (``k`` rows removed since the refresh; contraction about ``k / n``).
 2. One blocked pass over ``X`` gives ``a = X' s`` and ``H'(w) s`` at the *current*
-   weights, hence ``T2`` exactly and the ``T1`` bound; ``O(n d)``.
+   weights, hence ``T2`` exactly and the ``T1`` bound; ``O(n d)``. For dense ``X`` the pass
+   reads a float32 copy of ``X`` and computes only ``X'^T ((c - cf) * a)`` with it (``Hf s``
+   in float64): half the memory traffic; every rounding error of the float32 arithmetic is
+   bounded (``_measure``) and added to ``T2`` and the norms of ``a``, and the margins
+   updated with it carry an error bound that is settled by an exact float64 product when
+   it would matter.
 3. If ``||T2|| > refresh * T1``: a correction ``s <- s - u`` with ``Hf u = T2`` whose
    effect is *bounded* without another pass (see ``_deferred_correction``; ``X u`` is
    folded into the next step's pass), then up to ``refine - 1`` measured corrections
@@ -144,6 +149,12 @@ _FOLD_ROWS = 64  # fold removed rows into the cached inverse once this many have
 _PARTIAL_SHARE = 0.02  # share of rows whose curvature a partial refresh updates
 _BLOCK = 256  # rows per block of the fused pass over X (kept in cache between products)
 _UNIT = np.finfo(np.float64).eps / 2
+_UNIT32 = float(np.finfo(np.float32).eps) / 2
+
+
+def _gamma(count: int, unit: float = _UNIT32) -> float:
+    """Higham's ``gamma_m = m u / (1 - m u)``: relative error of an ``m``-term dot product."""
+    return count * unit / (1.0 - count * unit)
 
 
 def noise_constant(delta: float) -> float:
@@ -177,6 +188,18 @@ def _inverse(factor: tuple) -> np.ndarray:
     """Explicit inverse from a Cholesky factor (used only as a preconditioner)."""
     size = factor[0].shape[0]
     return scipy.linalg.cho_solve(factor, np.eye(size), check_finite=False)
+
+
+def _set_inverse(cache: dict[str, Any], k: int, inverse: np.ndarray) -> None:
+    """Store ``H~^-1`` (float64, kept for Woodbury updates) and its float32 copy.
+
+    The float32 copy is what the solves multiply with: it is only a preconditioner (every
+    residual is formed in float64 with ``Hf`` itself and every step is measured or bounded
+    afterwards), so its rounding costs iterations, never rigour, and it halves the memory
+    read per product.
+    """
+    cache["Hinv"][k] = inverse
+    cache["Hinv32"][k] = inverse.astype(np.float32)
 
 
 def _weighted_gram(X: Any, weights: np.ndarray | None) -> np.ndarray:
@@ -478,6 +501,10 @@ class CertifiedRemoval(Unlearner):
         if not sp.issparse(X):
             X = np.ascontiguousarray(X, dtype=np.float64)
         self._X = X
+        # float32 shadow of a dense X for the per-step pass (half the memory traffic); its
+        # rounding is bounded rigorously in _measure (see there)
+        self._X32 = None if sp.issparse(X) else np.ascontiguousarray(X, dtype=np.float32)
+        self._zerr = np.zeros(K)  # bound on |Z - exact margins| from float32 updates
         self._base = data
         self._active = np.ones(len(data), dtype=bool)
         self._member = np.ones((len(data), K), dtype=bool) if member is None else member.copy()
@@ -553,7 +580,7 @@ class CertifiedRemoval(Unlearner):
             H = self._hessian(X, curvature[:, k], counts[k])
             cache["H"][k] = H
             cache["F"][k] = scipy.linalg.cho_factor(H, check_finite=False)
-            cache["Hinv"][k] = _inverse(cache["F"][k])
+            _set_inverse(cache, k, _inverse(cache["F"][k]))
             cache["cf"][:, k] = curvature[:, k]
             cache["fmask"][:, k] = mask[:, k]
             cache["nf"][k] = counts[k]
@@ -563,10 +590,11 @@ class CertifiedRemoval(Unlearner):
                     counts: np.ndarray) -> dict[str, Any]:
         K = self._K
         if cache is None:
-            return {"H": [None] * K, "F": [None] * K, "Hinv": [None] * K,
+            return {"H": [None] * K, "F": [None] * K, "Hinv": [None] * K, "Hinv32": [None] * K,
                     "cf": self._curvature(Z, mask),
                     "fmask": mask.copy(), "nf": counts.copy()}
         return {"H": list(cache["H"]), "F": list(cache["F"]), "Hinv": list(cache["Hinv"]),
+                "Hinv32": list(cache["Hinv32"]),
                 "cf": cache["cf"].copy(),
                 "fmask": cache["fmask"].copy(), "nf": cache["nf"].copy()}
 
@@ -601,7 +629,7 @@ class CertifiedRemoval(Unlearner):
                 cache["F"][k] = scipy.linalg.cho_factor(H, check_finite=False)
             except np.linalg.LinAlgError:
                 return None
-            cache["Hinv"][k] = _inverse(cache["F"][k])
+            _set_inverse(cache, k, _inverse(cache["F"][k]))
             cache["H"][k] = H
             cache["cf"][:, k] = np.where(mask[:, k], cache["cf"][:, k], 0.0)
             cache["cf"][rows, k] = curvature[rows, k]
@@ -653,12 +681,30 @@ class CertifiedRemoval(Unlearner):
                     update = HU @ scipy.linalg.solve(middle, HU.T, assume_a="pos")
                 except (np.linalg.LinAlgError, ValueError):
                     return None
-                cache["Hinv"][k] = cache["Hinv"][k] + update
+                _set_inverse(cache, k, cache["Hinv"][k] + update)
                 cache["H"][k] = cache["H"][k] - (U * w) @ U.T
                 cache["F"][k] = None
             cache["fmask"][rows, k] = False
             cache["cf"][rows, k] = 0.0
         return cache
+
+    def _cached_operator(self, X: Any, mask: np.ndarray, counts: np.ndarray,
+                         cache: dict[str, Any], k: int) -> tuple[Any, int]:
+        """``v -> Hf v`` for class ``k`` in float64, ``O(d^2 + r d)``, and ``r`` (see below).
+
+        ``Hf = H~ - sum_{removed since} cf_i x_i x_i^T - lam (nf - n') I`` is the cached
+        Hessian restricted to the current rows (``r`` rows removed since the refresh).
+        """
+        rows = np.flatnonzero(cache["fmask"][:, k] & ~mask[:, k])
+        Xr = _rows(X, rows)
+        weights = cache["cf"][rows, k]
+        shift = self._l2 * (cache["nf"][k] - counts[k])
+        H = cache["H"][k]
+
+        def apply(v: np.ndarray) -> np.ndarray:
+            return H @ v - np.asarray(Xr.T @ (weights * np.asarray(Xr @ v))).ravel() - shift * v
+
+        return apply, rows.size
 
     def _cached_solve(
         self, X: Any, mask: np.ndarray, counts: np.ndarray, rhs: np.ndarray, touched: Any,
@@ -672,34 +718,24 @@ class CertifiedRemoval(Unlearner):
         Returns the solution, the iteration count and the exact norms ``||rhs - Hf s||``.
         Exactness is not needed for rigour: whatever ``s`` results, the bound covers it.
         """
-        lam = self._l2
         s = np.zeros_like(rhs)
         left = np.zeros(rhs.shape[0])
         iterations = 0
         for k in touched:
-            rows = np.flatnonzero(cache["fmask"][:, k] & ~mask[:, k])
-            Xr = _rows(X, rows)
-            weights = cache["cf"][rows, k]
-            shift = lam * (cache["nf"][k] - counts[k])
-            H = cache["H"][k]
+            apply, _ = self._cached_operator(X, mask, counts, cache, k)
             # the preconditioner: the explicit inverse of H~ (a matrix-vector product is
             # several times faster than two triangular solves; its rounding does not matter,
             # since the residuals below are formed in float64 with Hf itself)
-            Hinv = cache["Hinv"][k]
-
-            def apply(v: np.ndarray, H=H, Xr=Xr, weights=weights, shift=shift) -> np.ndarray:
-                return H @ v - np.asarray(Xr.T @ (weights * np.asarray(Xr @ v))).ravel() \
-                    - shift * v
-
+            Hinv = cache["Hinv32"][k]
             target = rhs[k]
             floor = rtol * float(np.linalg.norm(target))
-            sk = Hinv @ target
+            sk = (Hinv @ target.astype(np.float32)).astype(np.float64)
             residual = target - apply(sk)
             size = float(np.linalg.norm(residual))
             for _ in range(30):
                 if size <= floor:
                     break
-                candidate = sk + Hinv @ residual
+                candidate = sk + Hinv @ residual.astype(np.float32)
                 new_residual = target - apply(candidate)
                 new_size = float(np.linalg.norm(new_residual))
                 iterations += 1
@@ -713,26 +749,81 @@ class CertifiedRemoval(Unlearner):
     def _measure(
         self, X: Any, Z: np.ndarray, p_norm: np.ndarray, S: np.ndarray,
         mask: np.ndarray, counts: np.ndarray, s: np.ndarray, Delta: np.ndarray,
-        xnorm: np.ndarray, p_image: np.ndarray | None = None,
+        xnorm: np.ndarray, p_image: np.ndarray | None = None, *,
+        zerr: np.ndarray | None = None, cache: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """One pass over ``X``: ``a = X s``, ``T2 >= ||H'(w) s - Delta||`` and ``T1``.
 
         ``Z`` may lag the exact margins by a deferred correction ``X p^T`` with
-        ``||p_k|| = p_norm[k]``: the curvatures then differ by at most ``gamma R ||p||`` per
-        row (and by ``gamma ||X' p||_2 <= gamma p_image`` in 2-norm), so ``H'(w) s`` is
-        computed up to ``err = ||X'||_2 gamma min(R ||p|| ||a||_2, p_image ||a||_inf)``,
-        which is added to ``T2`` (zero without a deferred correction).
+        ``||p_k|| = p_norm[k]`` and by at most ``zerr[k]`` per row (float32 updates): the
+        curvatures then differ by at most ``gamma (R ||p|| + zerr)`` per row (or by
+        ``gamma (||X' p||_2 + sqrt(n') zerr)`` in 2-norm), so ``H'(w) s`` is computed up to
+        ``err = ||X'||_2 gamma (min(R ||p|| ||a||_2, p_image ||a||_inf) + zerr ||a||_2)``,
+        which is added to ``T2``.
+
+        Mixed precision (dense ``X`` with an amortised cache). Split
+        ``H'(w) s = Hf s + X'^T (dc * a)`` with ``dc = c - cf`` (current minus cached
+        curvatures on the current rows). ``Hf s`` is formed in float64 in ``O(d^2 + r d)``;
+        the pass computes ``a^ = X32 s32`` and ``X32^T (dc * a^)`` in float32 (blocks of
+        ``B`` rows, summed in float64): half the memory traffic of a float64 pass. Rounding is
+        bounded with Higham's ``gamma_m = m u / (1 - m u)`` (``u = 2^-24``, any summation
+        order): ``|a^_i - a_i| <= e_a = gamma_{d+3} R ||s||`` (``x``, ``s`` rounded to float32,
+        then a ``d``-term dot product); the second product errs by at most
+        ``||X'||_2 ||dc||_2 e_a + (gamma_{B+8} + gamma^64_{n/B}) R ||dc * a^||_1`` (the
+        vector ``(sum_i |x_ij| |v_i|)_j`` has 2-norm ``<= R ||v||_1``); the float64 ``Hf s``
+        by at most ``16 (d + r + 2) u_64 sqrt(d) (gamma ||X||_2^2 + lam n_f) ||s||`` (``r`` rows
+        removed since the refresh). All of this goes into ``err``; ``||a||_2``, ``||a||_4``,
+        ``||a||_inf`` are replaced by upper bounds (``+ sqrt(n') e_a`` etc.), and the new
+        margins ``Z + a^`` carry ``e_a`` more error (``e_a`` returned, summed into ``zerr``).
         """
         lam = self._l2
         K = self._K
-        if sp.issparse(X):
-            curvature = self._curvature(Z, mask)
+        if zerr is None:
+            zerr = np.zeros(K)
+        curvature = self._curvature(Z, mask)
+        e_a = np.zeros(K)
+        hs_err = np.zeros(K)
+        mixed = cache is not None and self._X32 is not None and X is self._X
+        if mixed:
+            n0, d = X.shape
+            s32 = np.ascontiguousarray(s, dtype=np.float32)
+            dc = (curvature - cache["cf"] * mask) * mask
+            dc32 = dc.astype(np.float32)
+            A32 = np.empty((n0, K), dtype=np.float32)
+            G = np.zeros((K, d))
+            X32 = self._X32
+            for start in range(0, n0, _BLOCK):
+                rows = slice(start, start + _BLOCK)
+                block = X32[rows]
+                if K == 1:  # matrix-vector products are faster than (B x 1) matrices
+                    part = block @ s32[0]
+                    A32[rows, 0] = part
+                    G[0] += block.T @ (dc32[rows, 0] * part)
+                else:
+                    part = block @ s32.T
+                    A32[rows] = part
+                    G += (block.T @ (dc32[rows] * part)).T
+            A_full = A32.astype(np.float64)
+            HS = G
+            s_norm = np.linalg.norm(s, axis=1)
+            e_a = _gamma(d + 3) * self._R * s_norm
+            weighted = np.abs(dc * A_full).sum(axis=0)
+            block_gamma = _gamma(_BLOCK + 8) + _gamma(n0 // _BLOCK + 2, _UNIT)
+            hs_err = xnorm * np.linalg.norm(dc, axis=0) * e_a + block_gamma * self._R * weighted
+            for k in range(K):
+                if not np.any(s[k]):
+                    continue
+                apply, removed = self._cached_operator(X, mask, counts, cache, k)
+                HS[k] += apply(s[k])
+                h_norm = math.sqrt(d) * (GAMMA * xnorm[k] ** 2 + lam * cache["nf"][k])
+                hs_err[k] += 16.0 * (d + removed + 2) * _UNIT * h_norm * s_norm[k]
+        elif sp.issparse(X):
             A_full = np.asarray(X @ s.T)
             HS = np.asarray(X.T @ (curvature * A_full * mask)).T
+            HS += lam * counts[:, None] * s
         else:
             n0 = X.shape[0]
             A_full = np.empty((n0, K))
-            curvature = self._curvature(Z, mask)
             HS = np.zeros_like(s)
             if K == 1:  # matrix-vector products are faster than (B x 1) matrices
                 s0, c0, a0, h0 = s[0], curvature[:, 0], A_full[:, 0], HS[0]
@@ -748,20 +839,21 @@ class CertifiedRemoval(Unlearner):
                     part = block @ s.T
                     A_full[rows] = part
                     HS += (block.T @ (curvature[rows] * part)).T
+            HS += lam * counts[:, None] * s
         A = A_full * mask
-        HS += lam * counts[:, None] * s
         r2 = HS - Delta
-        a2 = np.linalg.norm(A, axis=0)
-        a_inf = np.max(np.abs(A), axis=0) if A.size else np.zeros(K)
+        root_n = np.sqrt(counts.astype(np.float64))
+        a2 = np.linalg.norm(A, axis=0) + root_n * e_a  # upper bounds on the exact norms
+        a_inf = (np.max(np.abs(A), axis=0) if A.size else np.zeros(K)) + e_a
+        a4 = np.sum(A**4, axis=0) ** 0.25 + np.sqrt(root_n) * e_a
         lag = GAMMA * self._R * p_norm * a2  # |c~_i - c_i| <= gamma R ||p||
         if p_image is not None:  # or ||c~ - c||_2 <= gamma ||X' p||_2, times ||a||_inf
             lag = np.minimum(lag, GAMMA * p_image * a_inf)
-        err = xnorm * lag
+        err = xnorm * (lag + GAMMA * zerr * a2) + hs_err
         T2 = np.linalg.norm(r2, axis=1) + err
-        a4 = np.sum(A**4, axis=0) ** 0.25
         T1 = 0.5 * GAMMA * xnorm * a4**2
         return {"A_full": A_full, "A": A, "a2": a2, "a4": a4, "T1": T1, "T2": T2, "r2": r2,
-                "err": err, "curvature": curvature}
+                "err": err, "curvature": curvature, "e_a": e_a, "zerr": zerr}
 
     def _image_norm(self, V: np.ndarray, xnorm: np.ndarray) -> np.ndarray:
         """Upper bounds on ``||X' v_k||_2`` per class: ``sqrt(v^T G v)`` or ``||X'||_2 ||v||``."""
@@ -783,7 +875,8 @@ class CertifiedRemoval(Unlearner):
         correction term is ``H'(w)(s - u) - Delta = (r2 - Hf u) + err - (H'(w) - Hf) u`` and
         ``||(H'(w) - Hf) u|| = ||X'^T ((c - cf) * X' u)|| <= ||X'||_2 ||c - cf||_2 R ||u||``
         (``|x_i . u| <= R ||u||``), or ``<= ||X'||_2 ||c - cf||_inf ||X' u||_2``, whichever
-        is smaller (``c - cf`` from the lagging curvatures plus the lag); ``||r2 - Hf u||``
+        is smaller (``c - cf`` from the lagging curvatures plus the lag, deferred and
+        float32); ``||r2 - Hf u||``
         is computed exactly. The curvature term uses ``||X'(s - u)||_4 <= ||X' s||_4 +
         ||X' u||_2``. ``||X' u||_2 <= sqrt(u^T G u)`` with the Gram matrix ``G`` of the rows
         at build time. ``X' u`` joins the deferred correction of the margins, so this costs
@@ -795,8 +888,9 @@ class CertifiedRemoval(Unlearner):
         u, iterations, left = self._cached_solve(X, mask, counts, rhs, classes, self._cache,
                                                  rtol=1e-3)
         shift = m["curvature"] - self._cache["cf"] * mask  # lagging c minus cf
-        drift_2 = np.linalg.norm(shift, axis=0) + GAMMA * m["p_image"]
-        drift_inf = np.max(np.abs(shift), axis=0) + GAMMA * self._R * p_norm
+        root_n = np.sqrt(counts.astype(np.float64))
+        drift_2 = np.linalg.norm(shift, axis=0) + GAMMA * (m["p_image"] + root_n * m["zerr"])
+        drift_inf = np.max(np.abs(shift), axis=0) + GAMMA * (self._R * p_norm + m["zerr"])
         u_norm = np.linalg.norm(u, axis=1)
         u_image = self._image_norm(u, xnorm)  # >= ||X' u||_2 >= ||X' u||_4
         term = np.minimum(drift_2 * self._R * u_norm, drift_inf * u_image)
@@ -816,12 +910,14 @@ class CertifiedRemoval(Unlearner):
         xnorm: np.ndarray,
         *,
         pending: np.ndarray | None = None,
+        zerr: np.ndarray | None = None,
         refresh_all: bool = False,
     ) -> dict[str, Any]:
         """One (approximate) Newton step on the edited data with its rigorous bound.
 
         ``X, mask, counts`` describe ``D'``; ``Z - X pending^T`` are the margins at the
-        current weights; ``Delta = -grad L_b(w; D')`` assuming ``grad L_b(w; D) = 0``.
+        current weights ``self._W`` up to ``zerr`` per row (float32 rounding, see
+        :meth:`_measure`); ``Delta = -grad L_b(w; D')`` assuming ``grad L_b(w; D) = 0``.
         ``refresh_all`` rebuilds the amortised cache for every class first (edits).
         """
         K = self._K
@@ -835,12 +931,15 @@ class CertifiedRemoval(Unlearner):
         deferred = None
         if pending is None:
             pending = np.zeros_like(Delta)
+        if zerr is None:
+            zerr = np.zeros(K)
 
-        def settle() -> None:  # apply the deferred correction: exact margins, O(n d)
-            nonlocal Z, pending
-            if np.any(pending):
-                Z = Z - np.asarray(X @ pending.T)
+        def settle() -> None:  # exact margins at the current weights, O(n d) in float64
+            nonlocal Z, pending, zerr
+            if np.any(pending) or np.any(zerr):
+                Z = np.asarray(X @ self._W.T)
                 pending = np.zeros_like(pending)
+                zerr = np.zeros(K)
 
         if self.hessian == "exact" or refresh_all:
             settle()
@@ -868,7 +967,11 @@ class CertifiedRemoval(Unlearner):
         def measure() -> dict[str, Any]:
             p_norm = np.linalg.norm(pending, axis=1)
             p_image = self._image_norm(pending, xnorm)
-            out = self._measure(X, Z, p_norm, S, mask, counts, s, Delta, xnorm, p_image)
+            current = None
+            if self.hessian == "amortized":
+                current = self._cache if cache is None else cache
+            out = self._measure(X, Z, p_norm, S, mask, counts, s, Delta, xnorm, p_image,
+                                zerr=zerr, cache=current)
             out["p_image"] = p_image
             return out
 
@@ -909,7 +1012,7 @@ class CertifiedRemoval(Unlearner):
                     break
                 correction = np.zeros_like(s)
                 for k in stale:
-                    correction[k] = self._cache["Hinv"][k] @ m["r2"][k]
+                    correction[k] = self._cache["Hinv32"][k] @ m["r2"][k].astype(np.float32)
                 s = s - correction
                 m = measure()
                 stale = [k for k in touched if is_stale(k)]
@@ -944,14 +1047,19 @@ class CertifiedRemoval(Unlearner):
         # term would no longer be small against this step's curvature term
         new_pending = pending if deferred is None else pending + deferred
         Z_new = Z + m["A_full"]
-        lag_next = xnorm * GAMMA * self._R * np.linalg.norm(new_pending, axis=1) * m["a2"]
+        new_zerr = zerr + m["e_a"]
+        lag_next = xnorm * GAMMA * (
+            self._R * np.linalg.norm(new_pending, axis=1) + new_zerr
+        ) * m["a2"]
         if np.any(lag_next > 0.05 * T1 + tiny):
-            Z_new = Z_new - np.asarray(X @ new_pending.T)
+            Z_new = np.asarray(X @ (self._W + s).T)  # exact margins at w + s
             new_pending = np.zeros_like(new_pending)
+            new_zerr = np.zeros(K)
         return {
             "s": s,
             "Z_new": Z_new,  # margins at w + s, up to the deferred X pending^T
             "pending": new_pending,
+            "zerr": new_zerr,
             "bound": float(np.sqrt(np.sum(per_class**2))),
             "correction": float(np.sqrt(np.sum(T2**2))),
             "bound_cor1": float(np.sqrt(np.sum((GAMMA * xnorm * s_norm * m["a2"]) ** 2))),
@@ -1059,15 +1167,13 @@ class CertifiedRemoval(Unlearner):
         new_mask = mask & ~removed
         counts = self._counts - m
         X_removed = _rows(self._X, positions)
-        Z_removed = self._Z[positions]
-        if np.any(self._pending):
-            Z_removed = Z_removed - np.asarray(X_removed @ self._pending.T)
+        Z_removed = np.asarray(X_removed @ W.T)  # exact margins, O(m d)
         slopes = self._loss_slope(Z_removed, self._S[positions]) * removed[positions]
         Delta = np.asarray(X_removed.T @ slopes).T
         Delta = Delta + self._l2 * m[:, None] * W
         delta_max = m * (self._l2 * np.linalg.norm(W, axis=1) + self._R)
         step = self._newton(self._X, self._Z, self._S, new_mask, counts, Delta, delta_max,
-                            self._xnorm, pending=self._pending)
+                            self._xnorm, pending=self._pending, zerr=self._zerr)
 
         def commit(step: dict[str, Any]) -> None:
             active = self._active.copy()
@@ -1078,6 +1184,7 @@ class CertifiedRemoval(Unlearner):
             self._Z = step["Z_new"]
             self._pending = (np.zeros_like(self._W) if step["pending"] is None
                              else step["pending"])
+            self._zerr = step["zerr"]
             if step["cache"] is not None:
                 self._cache = step["cache"]
             self._refreshes += step["refreshed"]
@@ -1093,8 +1200,10 @@ class CertifiedRemoval(Unlearner):
         positions = old.positions(change.ids)
         result = change.result
         X_new = self.model_.design_matrix(result.X)
+        X32_new = None
         if not sp.issparse(X_new):
             X_new = np.ascontiguousarray(X_new, dtype=np.float64)
+            X32_new = np.ascontiguousarray(X_new, dtype=np.float32)
         S_new = self._signs(result.y, self._K)
         rows_old = _rows(self._X, positions)
         rows_new = _rows(X_new, positions)
@@ -1123,11 +1232,13 @@ class CertifiedRemoval(Unlearner):
 
         def commit(step: dict[str, Any]) -> None:
             self._X, self._S, self._base = X_new, S_new, result
+            self._X32 = X32_new
             self._xnorm, self._R, self._gram = xnorm, R, gram
             self._W = self._W + step["s"]
             self._Z = step["Z_new"]
             self._pending = (np.zeros_like(self._W) if step["pending"] is None
                              else step["pending"])
+            self._zerr = step["zerr"]
             if step["cache"] is not None:
                 self._cache = step["cache"]
             self._refreshes += step["refreshed"]
@@ -1135,10 +1246,11 @@ class CertifiedRemoval(Unlearner):
         return step, commit
 
     def _flush(self) -> None:
-        """Apply the deferred correction to the cached margins (one ``O(n d)`` product)."""
-        if np.any(self._pending):
-            self._Z = self._Z - np.asarray(self._X @ self._pending.T)
+        """Exact margins at ``self._W`` (float64, one ``O(n d)`` product) if they lag."""
+        if np.any(self._pending) or np.any(self._zerr):
+            self._Z = np.asarray(self._X @ self._W.T)
             self._pending = np.zeros_like(self._pending)
+            self._zerr = np.zeros(self._K)
 
     def _compact(self) -> None:
         """Drop rows removed so far from the caches, so they align with ``train_``."""
@@ -1146,6 +1258,8 @@ class CertifiedRemoval(Unlearner):
             return
         keep = self._active
         self._X = self._X[keep]
+        if self._X32 is not None:
+            self._X32 = self._X32[keep]
         self._Z = self._Z[keep]
         self._S = self._S[keep]
         self._member = self._member[keep]
@@ -1171,7 +1285,8 @@ class CertifiedRemoval(Unlearner):
         return self._member[self._active].copy()
 
     # -- failure safety and persistence ------------------------------------------------
-    _STATE_ATTRS = ("_X", "_Z", "_S", "_base", "_active", "_member", "_counts", "_xnorm",
+    _STATE_ATTRS = ("_X", "_X32", "_zerr", "_Z", "_S", "_base", "_active", "_member", "_counts",
+                    "_xnorm",
                     "_R", "_noise", "_cache", "_pending", "_gram", "_refreshes", "budget_used_",
                     "_initial_residual", "_K", "_D", "_l2")
 
