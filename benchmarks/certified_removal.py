@@ -11,6 +11,7 @@ Prints, from one run on one machine:
 Usage::
 
     .venv/bin/python benchmarks/certified_removal.py [--classes 3 8] [--removals 1000]
+        [--plot results/certified_budget.png]
 
 The data comes from ``oblivio.datasets.load("fashion-mnist", ...)``; if that loader is not
 available, the IDX files under ``/usr/share/datasets/fashion-mnist`` (or ``$OBLIVIO_DATA``)
@@ -85,6 +86,8 @@ def main() -> None:
     parser.add_argument("--refine", type=int, default=1)
     parser.add_argument("--refresh", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="save the accumulated bound against the budgets (PNG) here")
     args = parser.parse_args()
 
     split, source = load(args.classes)
@@ -180,6 +183,20 @@ def main() -> None:
           f"exact / amortized = {statistics.mean(exact_seconds) / amortized:.1f}x, "
           f"scratch / exact = {statistics.mean(scratch) / statistics.mean(exact_seconds):.2f}x"
           f"; scratch / forget() wall = {statistics.mean(scratch) / statistics.mean(walls):.1f}x")
+
+    if args.plot is not None:
+        from oblivio.audit.plots import plot_certificate_budget
+
+        figure = plot_certificate_budget(
+            u, epsilons=EPSILONS[:-1],
+            true_residuals=[(t, true) for t, (true, _) in residuals.items()],
+            title=f"Fashion-MNIST {args.classes[0]} vs {args.classes[1]}: certified removal",
+        )
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        partial = args.plot.with_name(f".{args.plot.name}.partial.png")
+        figure.savefig(partial, dpi=120)
+        os.replace(partial, args.plot)
+        print(f"\nbudget plot: {args.plot}")
 
     retrained = LogisticRegression(l2=args.l2, noise=u.model_.noise).fit(u.train_)
     print(f"\nafter {len(order)} removals: test accuracy {accuracy(u, test):.4f} "

@@ -419,3 +419,30 @@ def test_save_load_continues_identically(small, tmp_path):
         assert a.certificate.budget_used == pytest.approx(b.certificate.budget_used, rel=1e-6)
     np.testing.assert_allclose(u.model_.theta.numpy(), v.model_.theta.numpy(), atol=1e-8)
     assert math.isfinite(v.gradient_residual())
+
+
+def test_budget_plot_follows_the_certificates(binary_data, tmp_path):
+    from oblivio.audit.plots import plot_certificate_budget
+
+    u = CertifiedRemoval(LogisticRegression(l2=1e-3), sigma=0.05, epsilon=1.0, seed=0)
+    u.fit(binary_data)
+    true = []
+    for t, record in enumerate(binary_data.ids[:30], start=1):
+        u.forget(Remove(ids=[record]))
+        true.append((t, u.gradient_residual()))
+    retrains = sum(r.retrained for r in u.history_)
+    assert retrains >= 1  # the small sigma makes the budget run out: the plot shows it
+    figure = plot_certificate_budget(u, epsilons=[0.5, 2.0], true_residuals=true)
+    ax = figure.axes[0]
+    np.testing.assert_allclose(ax.lines[0].get_ydata(),
+                               [r.certificate.budget_used for r in u.history_])
+    vertical = [line for line in ax.lines if line.get_linestyle() == ":"]
+    assert len(vertical) == retrains
+    used = [r.certificate.budget_used for r in u.history_]
+    assert all(value <= bound for (_, value), bound in zip(true, used, strict=True))
+    figure.savefig(tmp_path / "budget.png")
+    assert (tmp_path / "budget.png").stat().st_size > 1000
+    plain = CertifiedRemoval(LogisticRegression(l2=1e-3), sigma=0.0).fit(binary_data)
+    plain.forget(Remove(ids=[binary_data.ids[0]]))
+    with pytest.raises(ValueError, match="certificate"):
+        plot_certificate_budget(plain)

@@ -1,4 +1,4 @@
-"""Plots of membership-inference results (matplotlib, Agg canvas: no display needed).
+"""Plots of audit results and certificates (matplotlib, Agg canvas: no display needed).
 
 Figures are built with :class:`matplotlib.figure.Figure` on an Agg canvas, never through
 ``pyplot``, so importing this module changes no global state and works on headless machines.
@@ -31,7 +31,7 @@ from oblivio.audit.unlearning_attack import (
 )
 from oblivio.data import Dataset
 
-__all__ = ["plot_loss_histogram", "plot_roc", "plot_unlearning_auc"]
+__all__ = ["plot_certificate_budget", "plot_loss_histogram", "plot_roc", "plot_unlearning_auc"]
 
 
 def _axes(ax: Axes | None, size: tuple[float, float] = (5.0, 4.0)) -> tuple[Figure, Axes]:
@@ -192,4 +192,65 @@ def plot_unlearning_auc(
     ax.set_ylabel("attack AUC (target side)")
     ax.legend(title="attack model", fontsize="small")
     ax.set_title(title or f"unlearning attack, defence: {defense}")
+    return figure
+
+
+def plot_certificate_budget(
+    history: Any,
+    *,
+    epsilons: Sequence[float] = (),
+    true_residuals: Sequence[tuple[int, float]] = (),
+    ax: Axes | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Accumulated residual bound against the (epsilon, delta) budget, request by request.
+
+    Guo et al. (ICML 2020), Sec. 5: a certified-removal model may take Newton steps while
+    the accumulated gradient-residual bound ``beta`` stays below ``sigma * epsilon / c``;
+    the unlearner retrains when a step would cross it (marked with a dotted vertical line).
+
+    Parameters
+    ----------
+    history : Unlearner or sequence of UnlearnResult
+        A certified unlearner (its ``history_`` is used) or the results of its requests;
+        results without a certificate (``sigma=0``) cannot be plotted.
+    epsilons : sequence of float
+        Further epsilons whose budgets ``sigma * epsilon / c`` are drawn as dashed lines,
+        to read off how many requests each would allow.
+    true_residuals : sequence of (request number, value)
+        Measured ``||grad L_b(w; D')||`` to overlay (e.g. from
+        :meth:`~oblivio.unlearners.CertifiedRemoval.gradient_residual`); they must lie
+        below the bound.
+    """
+    from oblivio.unlearners.certified import budget
+
+    results = list(getattr(history, "history_", history))
+    certificates = [r.certificate for r in results]
+    if not certificates or any(c is None for c in certificates):
+        raise ValueError(
+            "plot_certificate_budget needs results that carry a certificate (a certified "
+            "unlearner with sigma > 0 and at least one request)"
+        )
+    figure, ax = _axes(ax, (6.0, 4.0))
+    steps = np.arange(1, len(results) + 1)
+    used = np.array([c.budget_used for c in certificates])
+    ax.plot(steps, used, color="C0", label="accumulated bound")
+    last = certificates[-1]
+    ax.axhline(last.budget_total, color="C3", linewidth=1.0,
+               label=f"budget at epsilon = {last.epsilon:g}")
+    for i, epsilon in enumerate(epsilons):
+        ax.axhline(budget(epsilon, last.delta, last.sigma), color=f"C{4 + i}", linestyle="--",
+                   linewidth=0.8, label=f"budget at epsilon = {epsilon:g}")
+    for step, result in zip(steps, results, strict=True):
+        if result.retrained:
+            ax.axvline(step, color="0.5", linestyle=":", linewidth=0.8)
+    if true_residuals:
+        where, values = zip(*true_residuals, strict=True)
+        ax.plot(where, values, "o", color="C2", markersize=4, label="true residual")
+    if np.all(used > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("request")
+    ax.set_ylabel("gradient residual (bound)")
+    ax.legend(fontsize="small")
+    ax.set_title(title or f"certified removal: sigma = {last.sigma:g}, delta = {last.delta:g}")
     return figure
