@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from oblivio._io import write_json
 from oblivio.audit.metrics import accuracy, agreement, param_distance
 from oblivio.audit.mia import (
     AttackInputData,
     AttackType,
-    _atomic_json,
     _model_of,
     _read_json,
     loss_attack_cv,
@@ -106,7 +106,7 @@ class Evaluation:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write as JSON (atomically; nan as null)."""
-        return _atomic_json(path, {"kind": "Evaluation", **self.to_dict()})
+        return write_json(path, {"kind": "Evaluation", **self.to_dict()})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Evaluation:

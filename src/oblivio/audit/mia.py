@@ -27,7 +27,6 @@ import copy
 import enum
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from oblivio._io import write_json
 from oblivio.data import Dataset
 
 __all__ = [
@@ -451,21 +451,6 @@ class AttackInputData:
 
 
 # -- results --------------------------------------------------------------------------------
-def _atomic_json(path: str | os.PathLike, payload: Any) -> Path:
-    """Write JSON to ``path`` atomically (temporary file in the same folder + os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=1, allow_nan=True)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _read_json(path: str | os.PathLike) -> Any:
     with open(path) as stream:
         return json.load(stream)
@@ -581,7 +566,7 @@ class AttackResults:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write as JSON (atomically)."""
-        return _atomic_json(
+        return write_json(
             path,
             {
                 "kind": "AttackResults",

@@ -35,9 +35,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from oblivio._io import write_json
 from oblivio.audit.mia import (
     RocCurve,
-    _atomic_json,
     _read_json,
     posteriors,
     roc,
@@ -490,7 +490,7 @@ class UnlearningAttackInput:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write as JSON (atomically), so an attack can be re-run without retraining."""
-        return _atomic_json(path, {"kind": "UnlearningAttackInput", **self.to_dict()})
+        return write_json(path, {"kind": "UnlearningAttackInput", **self.to_dict()})
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> UnlearningAttackInput:
@@ -859,7 +859,7 @@ class UnlearningAttackResults:
     def save(self, path: str | os.PathLike) -> Path:
         """Write as JSON (atomically); nan becomes null."""
         rows = [{k: _nan_to_none(v) for k, v in r.to_dict().items()} for r in self.results]
-        return _atomic_json(
+        return write_json(
             path, {"kind": "UnlearningAttackResults", "metadata": self.metadata, "results": rows}
         )
 

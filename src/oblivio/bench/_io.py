@@ -1,29 +1,5 @@
-"""Atomic file writes for results: a crash leaves the old file or the new one, never half."""
+"""Atomic result writers for the harness (they live in :mod:`oblivio._io`)."""
 
-from __future__ import annotations
+from oblivio._io import write_json, write_text
 
-import json
-import os
-import tempfile
-from pathlib import Path
-from typing import Any
-
-
-def write_text(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json(path: str | Path, payload: Any) -> Path:
-    """``write_text`` of ``payload`` as indented JSON (numpy scalars become floats)."""
-    return write_text(path, json.dumps(payload, indent=2, default=float))
+__all__ = ["write_json", "write_text"]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from oblivio.bench._io import write_text
+from oblivio._io import write_text
 from oblivio.bench.runner import read_records
 
 GROUP = ["dataset", "model", "request", "method"]

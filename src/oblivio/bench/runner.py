@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from oblivio.bench._io import write_json
+from oblivio._io import write_json
 from oblivio.bench.config import Cell, Config, DatasetSpec, ModelSpec, RequestSpec
 from oblivio.data import Dataset, Relabel, Remove, ReplaceFeatures, Request, Split
 
