@@ -16,6 +16,7 @@ from oblivio.models import MLP, LogisticRegression, SmallCNN, TorchModel
 from oblivio.testing import check_unlearner
 from oblivio.unlearners import L2UL, FineTune, GradientAscent, RandomLabels, Unlearner
 from oblivio.unlearners._neural import (
+    complement_loss,
     draw_targets,
     invert_importance,
     mas_importance,
@@ -23,8 +24,8 @@ from oblivio.unlearners._neural import (
     targeted_l2_pgd,
 )
 
-# A cheap L2UL configuration for the fast tests (the paper's attack is 100 steps x 20 examples).
-FAST_L2UL = dict(n_adv=4, pgd_steps=15, pgd_step=0.2, eps=2.0, adv_batch_size=32, lr=1e-2)
+# The defaults are meant for small nets (10 examples x 10 PGD steps); the paper's attack
+# (L2UL.PAPER) is 20 examples x 100 steps.
 
 
 @pytest.fixture(scope="module")
@@ -155,13 +156,40 @@ def test_invert_importance_normalises_and_guards_constant_tensors():
     assert all(bool(torch.isfinite(t).all()) for t in inverted.values())
 
 
+def test_complement_loss_is_minus_log_one_minus_p():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 0.0, 0.0], [1.0, 3.0, 0.5]])
+    labels = torch.tensor([0, 2, 1])
+    p = torch.softmax(logits, dim=1)[torch.arange(3), labels]
+    torch.testing.assert_close(complement_loss(logits, labels), -torch.log1p(-p))
+    # finite where p_y rounds to 1 (the naive formula gives inf), and its gradient on the
+    # logit z_y is p_y: large for a confident record, small for a forgotten one
+    z = torch.tensor([[60.0, 0.0, 0.0], [-5.0, 0.0, 0.0]], requires_grad=True)
+    loss = complement_loss(z, torch.tensor([0, 0]))
+    value = loss.detach()
+    assert bool(torch.isfinite(value).all())
+    assert float(value[0]) == pytest.approx(60.0 - math.log(2.0), abs=1e-4)
+    (grad,) = torch.autograd.grad(loss.sum(), z)
+    p0 = torch.softmax(z.detach(), dim=1)[:, 0]
+    torch.testing.assert_close(grad[:, 0], p0)
+    assert float(grad[0, 0]) > 0.99 and float(grad[1, 0]) < 0.01
+    # -CE = log p_y has the opposite behaviour: gradient 1 - p_y on z_y (vanishing here)
+    (ce_grad,) = torch.autograd.grad(
+        -nn.functional.cross_entropy(z, torch.tensor([0, 0]), reduction="sum"), z
+    )
+    assert abs(float(ce_grad[0, 0])) < 1e-6
+    with pytest.raises(ValueError, match="logits"):
+        complement_loss(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))
+
+
 # -- the methods -------------------------------------------------------------------------------
+# Library defaults, except where a method's defaults do not reach the goal on this tiny MLP
+# (random labels with retained data: lr 1e-2 reached it for 4 of 6 forget sets, 3e-2 for 6).
 METHODS = {
-    "l2ul": dict(FAST_L2UL),
-    "l2ul-noadv": dict(adversarial=False, lr=1e-2),
-    "gradient-ascent": dict(lr=1e-2),
-    "random-labels": dict(lr=1e-2),
-    "random-labels+retain": dict(lr=1e-2, use_retain=True),
+    "l2ul": {},
+    "l2ul-noadv": dict(adversarial=False),
+    "gradient-ascent": {},
+    "random-labels": {},
+    "random-labels+retain": dict(use_retain=True, lr=3e-2),
 }
 
 
@@ -171,7 +199,6 @@ def _make(name: str, model, **extra) -> Unlearner:
     return ob.unlearners.create(name.split("-noadv")[0].split("+")[0], model, **options)
 
 
-@pytest.mark.slow  # unverified: defaults do not reliably reach the goal on this tiny MLP
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_forget_reaches_the_stopping_target(name, digits01, trained):
     train, test = digits01
@@ -192,8 +219,9 @@ def test_forget_reaches_the_stopping_target(name, digits01, trained):
     # the model moved, the user's model did not
     assert not torch.equal(unlearner.model_.theta, trained.theta)
     assert accuracy(trained, forget) == 1.0
-    # it remains a classifier better than chance on held-out data
-    assert accuracy(unlearner, test) > 0.2
+    # it remains a classifier better than chance (0.1) on held-out data; gradient ascent,
+    # which collapses most, keeps 0.22 here
+    assert accuracy(unlearner, test) > 0.15
 
 
 def test_stopping_at_the_epoch_cap_is_reported(digits01, trained):
@@ -215,10 +243,11 @@ def test_stopping_at_the_epoch_cap_is_reported(digits01, trained):
 def test_l2ul_steps_follow_the_adversarial_batches(digits01, trained):
     train, _ = digits01
     ids = _forget_ids(train, trained, 6, seed=3)
-    u = L2UL(trained, **{**FAST_L2UL, "lr": 1e-7, "max_epochs": 2}).attach(train)
+    options = dict(n_adv=4, adv_batch_size=10, lr=1e-7, max_epochs=2)
+    u = L2UL(trained, **options).attach(train)
     d = u.forget(Remove(ids=ids)).diagnostics
-    per_epoch = math.ceil(6 * FAST_L2UL["n_adv"] / FAST_L2UL["adv_batch_size"])
-    assert d["n_adversarial"] == 6 * FAST_L2UL["n_adv"]
+    per_epoch = math.ceil(6 * 4 / 10)
+    assert d["n_adversarial"] == 6 * 4
     assert d["steps"] == 2 * per_epoch and d["stopped_by_cap"] == 1.0
     assert 0.0 <= d["adversarial_target_rate"] <= 1.0
     assert u.input_range_ == (0.0, 1.0)
@@ -251,19 +280,39 @@ def test_needs_are_declared():
     assert not any(cls.exact for cls in (L2UL, GradientAscent, FineTune, RandomLabels))
 
 
-@pytest.mark.slow  # unverified: defaults do not reliably reach the goal on this tiny MLP
 def test_l2ul_relabel_mode(digits01, trained):
     train, _ = digits01
     ids = _forget_ids(train, trained, 8, seed=5)
     old = train.select(ids).y
     new = (old + 3) % 10
-    unlearner = L2UL(trained, **FAST_L2UL).attach(train)
+    unlearner = L2UL(trained).attach(train)
     result = unlearner.forget(Relabel(ids=ids, labels=new))
     d = result.diagnostics
     assert d["goal_reached"] == 1.0 and d["relabel_accuracy"] == 1.0
     np.testing.assert_array_equal(unlearner.model_.predict(train.select(ids).X), new)
     np.testing.assert_array_equal(unlearner.train_.select(ids).y, new)
     assert d["forget_accuracy"] == 0.0
+
+
+def test_paper_settings_are_an_explicit_preset(digits01, trained):
+    train, _ = digits01
+    paper = L2UL(trained, **L2UL.PAPER)
+    params = paper.get_params()
+    assert params["forget_loss"] == "neg-ce" and params["lam"] == 1.0
+    assert (params["n_adv"], params["pgd_steps"], params["eps"]) == (20, 100, 4.0)
+    assert params["lr"] == 1e-3 and params["adv_batch_size"] == 256
+    assert GradientAscent(trained, **GradientAscent.PAPER).get_params()["forget_loss"] == "neg-ce"
+    with pytest.raises(TypeError):
+        L2UL.PAPER["lam"] = 0.5  # read-only
+    # the defaults are the cheap ones, and differ from the paper's
+    defaults = L2UL(trained).get_params()
+    assert defaults["n_adv"] * defaults["pgd_steps"] < params["n_adv"] * params["pgd_steps"] / 10
+    # the preset runs (capped here: the paper's 1000 epochs are not needed for a test)
+    ids = _forget_ids(train, trained, 4, seed=11)
+    d = L2UL(trained, **{**L2UL.PAPER, "max_epochs": 2}).attach(train)
+    d = d.forget(Remove(ids=ids)).diagnostics
+    assert d["n_adversarial"] == 4 * 20 and d["adversarial_target_rate"] >= 0.9
+    assert d["goal_reached"] + d["stopped_by_cap"] + d["diverged"] == 1.0
 
 
 @pytest.mark.parametrize("name", ["gradient-ascent", "random-labels", "l2ul"])
@@ -281,7 +330,6 @@ def test_unsupported_requests_change_nothing(name, digits01, trained):
         assert len(unlearner.history_) == 0 and len(unlearner.train_) == len(train)
 
 
-@pytest.mark.slow  # unverified: defaults do not reliably reach the goal on this tiny MLP
 @pytest.mark.parametrize("name", ["l2ul", "gradient-ascent"])
 def test_continual_requests_keep_earlier_records_forgotten(name, digits01, trained):
     train, _ = digits01
@@ -299,11 +347,10 @@ def test_continual_requests_keep_earlier_records_forgotten(name, digits01, train
     assert len(unlearner.forgotten_) == 24
 
 
-@pytest.mark.slow  # unverified: defaults do not reliably reach the goal on this tiny MLP
 def test_continual_state_survives_save_and_load(tmp_path, digits01, trained):
     train, _ = digits01
     ids = _forget_ids(train, trained, 8, seed=7)
-    unlearner = L2UL(trained, **FAST_L2UL).attach(train)
+    unlearner = L2UL(trained).attach(train)
     unlearner.forget(Remove(ids=ids[:4]))
     unlearner.save(tmp_path / "u")
     loaded = Unlearner.load(tmp_path / "u", model=_mlp_model())
@@ -315,40 +362,57 @@ def test_continual_state_survives_save_and_load(tmp_path, digits01, trained):
     assert torch.allclose(loaded.model_.theta, unlearner.model_.theta)
 
 
-def test_divergence_stops_with_a_finite_model(digits01, trained):
-    train, _ = digits01
-    ids = _forget_ids(train, trained, 10, seed=8)
-    unlearner = GradientAscent(trained, lr=1e6, momentum=0.0, max_epochs=50).attach(train)
-    d = unlearner.forget(Remove(ids=ids)).diagnostics
-    assert bool(torch.isfinite(unlearner.model_.theta).all())
-    if d["diverged"]:
-        assert d["stopped_by_cap"] == 0.0
+def test_negative_ce_runs_away_where_the_complement_loss_reaches_the_goal(digits01, trained):
+    """Why ``forget_loss="complement"`` is the default (the paper's ``-CE`` is an option).
+
+    Ascent on ``-CE`` collapses this MLP into one class (8), so the forget record labelled 8
+    is never misclassified and the loss runs off to infinity: the run stops at the last
+    finite model and reports it. ``-log(1 - p_y)`` reaches the goal in a few steps.
+    """
+    train, test = digits01
+    ids = _forget_ids(train, trained, 12, seed=1)
+    assert 8 in train.select(ids).y
+    runaway = GradientAscent(trained, forget_loss="neg-ce").attach(train)
+    d = runaway.forget(Remove(ids=ids)).diagnostics
+    assert d["goal_reached"] == 0.0 and d["diverged"] == 1.0 and d["stopped_by_cap"] == 0.0
+    assert d["forget_accuracy"] > 0.0 and d["steps"] < 1000
+    assert bool(torch.isfinite(runaway.model_.theta).all())
+    assert accuracy(runaway, test) < 0.15  # collapsed into one class
+    reached = GradientAscent(trained).attach(train).forget(Remove(ids=ids)).diagnostics
+    assert reached["goal_reached"] == 1.0 and reached["steps"] < 50
 
 
-@pytest.mark.slow  # unverified: defaults do not reliably reach the goal on this tiny MLP
 def test_constant_importance_gives_no_nan(digits01):
     train, _ = digits01
 
     class WithUnused(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.fc = nn.Linear(64, 10)
+            self.body = MLP(64, (32,), 10)
             self.unused = nn.Linear(3, 3)  # gets no gradient: constant (zero) importance
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.fc(x.reshape(x.shape[0], -1))
+            return self.body(x)
 
-    model = TorchModel(WithUnused(), epochs=5, lr=1e-2, seed=0).fit(train)
+    model = TorchModel(WithUnused(), epochs=20, lr=1e-2, batch_size=64, seed=0).fit(train)
     ids = _forget_ids(train, model, 5, seed=9)
-    unlearner = L2UL(model, **FAST_L2UL).attach(train)
+    x = torch.tensor(train.select(ids).X)
+    inverted = invert_importance(mas_importance(model.module_, x))
+    assert torch.equal(inverted["unused.weight"], torch.ones(3, 3))  # guarded, not NaN
+    assert all(bool(torch.isfinite(t).all()) for t in inverted.values())
+    unlearner = L2UL(model, weight_decay=0.0).attach(train)
     result = unlearner.forget(Remove(ids=ids))
     assert bool(torch.isfinite(unlearner.model_.theta).all())
     assert result.diagnostics["goal_reached"] == 1.0
+    # the unused layer is anchored (weight 1) and gets no gradient: it does not move
+    after = unlearner.model_.module_.unused.weight
+    assert torch.equal(after, model.module_.unused.weight)
 
 
 def test_bad_options_and_models_are_rejected(digits01, trained):
     train, _ = digits01
     for options, word in [
+        (dict(forget_loss="ce"), "forget_loss"),
         (dict(lr=0.0), "lr"),
         (dict(max_epochs=0), "max_epochs"),
         (dict(batch_size=0), "batch_size"),
@@ -361,6 +425,8 @@ def test_bad_options_and_models_are_rejected(digits01, trained):
     ]:
         with pytest.raises(ValueError, match=word):
             L2UL(trained, **options).attach(train)
+    with pytest.raises(ValueError, match="forget_loss"):
+        GradientAscent(trained, forget_loss="ce").attach(train)
     with pytest.raises(ValueError, match="epochs"):
         FineTune(trained, epochs=0).attach(train)
     linear = LogisticRegression(l2=1e-3).fit(train)
@@ -368,7 +434,6 @@ def test_bad_options_and_models_are_rejected(digits01, trained):
         GradientAscent(linear).attach(train)
 
 
-@pytest.mark.slow  # unverified: defaults do not reliably reach the goal on this tiny MLP
 @pytest.mark.parametrize("name", sorted(METHODS) + ["finetune"])
 def test_generic_contract(name, digits01):
     """``check_unlearner``: bad requests, empty requests, result fields, repeatability."""
@@ -392,7 +457,7 @@ def test_runs_on_cuda(digits01):
     train, _ = digits01
     model = TorchModel(MLP(64, (32,), 10), epochs=5, lr=1e-2, device="cuda").fit(train)
     ids = _forget_ids(train, model, 6, seed=10)
-    unlearner = L2UL(model, **FAST_L2UL).attach(train)
+    unlearner = L2UL(model).attach(train)
     result = unlearner.forget(Remove(ids=ids))
     assert result.diagnostics["goal_reached"] == 1.0
     assert unlearner.model_.theta.device.type == "cuda"
@@ -412,7 +477,6 @@ def _test_accuracy_drops(train, test, model, k, seeds, l2ul_options, ga_options)
     return {name: float(np.mean(values)) for name, values in drops.items()}
 
 
-@pytest.mark.slow  # unverified: defaults do not reliably reach the goal on this tiny MLP
 def test_l2ul_loses_no_more_test_accuracy_than_gradient_ascent_mlp(digits01, trained):
     train, test = digits01
     drops = _test_accuracy_drops(
@@ -421,15 +485,15 @@ def test_l2ul_loses_no_more_test_accuracy_than_gradient_ascent_mlp(digits01, tra
         trained,
         k=16,
         seeds=range(3),
-        l2ul_options=dict(FAST_L2UL, n_adv=8),
-        ga_options=dict(lr=1e-2),
+        l2ul_options={},
+        ga_options={},
     )
     assert drops["gradient-ascent"] > 0.0  # non-vacuity: the naive method does lose accuracy
     assert drops["l2ul"] <= drops["gradient-ascent"]
 
 
-@pytest.mark.slow
 def test_l2ul_loses_no_more_test_accuracy_than_gradient_ascent_cnn():
+    """About 8 s on one thread: 2,000 Fashion-MNIST images, a 2-layer CNN, 3 forget sets."""
     try:
         split = ob.datasets.load("fashion-mnist", limit=2000, seed=0)
     except (FileNotFoundError, OSError, ValueError) as error:
@@ -443,7 +507,7 @@ def test_l2ul_loses_no_more_test_accuracy_than_gradient_ascent_cnn():
         model,
         k=16,
         seeds=range(3),
-        l2ul_options=dict(n_adv=20, pgd_steps=20, pgd_step=0.25, eps=3.0, adv_batch_size=128),
+        l2ul_options={},
         ga_options={},
     )
     assert drops["gradient-ascent"] > 0.0

@@ -2,7 +2,8 @@
 
 Pure functions used by :mod:`oblivio.unlearners.instance`: targeted L2 projected gradient
 descent (the adversarial examples of L2UL), MAS weight importance and its inverted min–max
-normalisation, and small helpers (device, tensors, batch-norm modes, goal checks).
+normalisation, the complementary-label loss, and small helpers (device, tensors, batch-norm
+modes, goal checks).
 References: Cha et al., *Learning to Unlearn: Instance-wise Unlearning for Pre-trained
 Classifiers*, AAAI 2024 (``reference/instance-unlearning.md`` §3–§4); Aljundi et al.,
 *Memory Aware Synapses*, ECCV 2018; Madry et al., ICLR 2018 (PGD).
@@ -20,6 +21,7 @@ from torch import nn
 
 __all__ = [
     "as_inputs",
+    "complement_loss",
     "draw_targets",
     "invert_importance",
     "mas_importance",
@@ -132,6 +134,30 @@ def draw_targets(
         targets[targets == labels] = n_classes // 2
         return targets
     raise ValueError(f"sampling must be 'uniform' or 'original', got {sampling!r}")
+
+
+def complement_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-record ``-log(1 - p_y)``: the cross-entropy towards "any class but ``y``".
+
+    ``p_y = softmax(logits)_y``. Computed stably as ``logsumexp(z) - logsumexp(z_{-y})``
+    (finite even when ``p_y`` rounds to 1). Its gradient with respect to the logit ``z_y`` is
+    ``p_y``: large for a confidently correct record, vanishing once the record is
+    confidently misclassified, and the loss is bounded below by 0. The negative
+    cross-entropy ``-CE = log p_y`` behaves the other way round (gradient ``1 - p_y`` on
+    ``z_y``, unbounded below), which is why gradient ascent stalls on confident records and
+    runs away on forgotten ones. This is the complementary-label ("negative learning") loss
+    of Kim et al., *NLNL: Negative Learning for Noisy Labels*, ICCV 2019, Eq. 2.
+
+    Returns
+    -------
+    Tensor of shape (n,)
+    """
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"need logits of shape (n, C >= 2), got {tuple(logits.shape)}")
+    others = logits.masked_fill(
+        nn.functional.one_hot(labels, logits.shape[1]).bool(), float("-inf")
+    )
+    return torch.logsumexp(logits, dim=1) - torch.logsumexp(others, dim=1)
 
 
 def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
