@@ -181,6 +181,17 @@ def test_complement_loss_is_minus_log_one_minus_p():
         complement_loss(torch.zeros(2, 1), torch.zeros(2, dtype=torch.long))
 
 
+def test_predict_labels_flags_overflowed_outputs():
+    layer = nn.Linear(2, 3)
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    labels, finite = predict_labels(layer, x, with_finite=True)
+    assert finite and torch.equal(labels, predict_labels(layer, x))
+    with torch.no_grad():
+        layer.weight[0, 0] = float("inf")  # an arg-max of inf/NaN logits means nothing
+    _, finite = predict_labels(layer, x, with_finite=True)
+    assert not finite
+
+
 # -- the methods -------------------------------------------------------------------------------
 # Library defaults, except where a method's defaults do not reach the goal on this tiny MLP
 # (random labels with retained data: lr 1e-2 reached it for 4 of 6 forget sets, 3e-2 for 6).
@@ -376,7 +387,9 @@ def test_negative_ce_runs_away_where_the_complement_loss_reaches_the_goal(digits
     d = runaway.forget(Remove(ids=ids)).diagnostics
     assert d["goal_reached"] == 0.0 and d["diverged"] == 1.0 and d["stopped_by_cap"] == 0.0
     assert d["forget_accuracy"] > 0.0 and d["steps"] < 1000
+    # rolled back to the last finite step: finite parameters and outputs
     assert bool(torch.isfinite(runaway.model_.theta).all())
+    assert np.isfinite(runaway.model_.predict_proba(test.X)).all()
     assert accuracy(runaway, test) < 0.15  # collapsed into one class
     reached = GradientAscent(trained).attach(train).forget(Remove(ids=ids)).diagnostics
     assert reached["goal_reached"] == 1.0 and reached["steps"] < 50

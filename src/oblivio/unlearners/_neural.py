@@ -92,15 +92,24 @@ def set_train_mode(module: nn.Module, bn_mode: str, batch_size: int | None = Non
 
 
 @torch.no_grad()
-def predict_labels(module: nn.Module, X: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Arg-max predictions of ``module`` in eval mode (its modes are restored afterwards)."""
+def predict_labels(
+    module: nn.Module, X: torch.Tensor, batch_size: int = 1024, *, with_finite: bool = False
+) -> torch.Tensor | tuple[torch.Tensor, bool]:
+    """Arg-max predictions of ``module`` in eval mode (its modes are restored afterwards).
+
+    With ``with_finite=True`` also returns whether every output was finite: the arg-max of
+    an overflowed (inf or NaN) output is meaningless, and a run that produces one has
+    diverged, whatever the predictions say.
+    """
     outputs = []
+    finite = True
     with evaluating(module):
         for start in range(0, X.shape[0], batch_size):
-            outputs.append(module(X[start : start + batch_size]).argmax(dim=1))
-    if not outputs:
-        return torch.zeros(0, dtype=torch.long, device=X.device)
-    return torch.cat(outputs)
+            logits = module(X[start : start + batch_size])
+            finite = finite and bool(torch.isfinite(logits).all())
+            outputs.append(logits.argmax(dim=1))
+    labels = torch.cat(outputs) if outputs else torch.zeros(0, dtype=torch.long, device=X.device)
+    return (labels, finite) if with_finite else labels
 
 
 def draw_targets(
