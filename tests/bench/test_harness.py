@@ -117,3 +117,15 @@ def test_shipped_configs_are_valid():
     for path in root.glob("*.toml"):
         config = load_config(path)
         assert config.cells(), path
+
+
+def test_sequence_speedup_counts_one_retrain_per_request(tmp_path):
+    """Honouring 6 requests by retraining costs 6 retrains, not one."""
+    config = parse_config(
+        {**TINY, "seeds": [0], "unlearners": [{"name": "retrain"}],
+         "requests": [{"kind": "sequence", "count": 6, "batch": 1}]}
+    )
+    (record,) = runner.run_config(config, tmp_path)
+    assert record["n_requests"] == 6
+    expected = 6 * record["retrain_seconds"] / record["seconds"]
+    assert record["speedup"] == pytest.approx(expected)

@@ -172,8 +172,8 @@ def write_report(results_dir: str | Path) -> tuple[Path, Path]:
     notes = (
         f"{len(records)} cells; values are mean ± std over seeds. Gaps are absolute "
         "differences to the model retrained from scratch on the same edited data; speed-up "
-        "is retraining time / unlearning time (precomputation included), measured in the "
-        "same run.\n\n"
+        "is retraining time (one retrain per request of a sequence) / unlearning time "
+        "(precomputation included), measured in the same run.\n\n"
     )
     env_line = ", ".join(f"{k} {v}" for k, v in environment.items() if k != "started")
     markdown = header + notes + table + (f"\nEnvironment: {env_line}\n" if env_line else "")

@@ -269,8 +269,9 @@ def run_cell(cell: Cell, out: Path, mia: bool = True) -> dict[str, Any]:
         "seconds": seconds,
         "retrain_seconds": retrain_seconds,
         "warm_retrain_seconds": warm_seconds,
-        "speedup": retrain_seconds / max(seconds, 1e-9),
-        "speedup_vs_warm": warm_seconds / max(seconds, 1e-9),
+        # honouring each request of a sequence by retraining costs one retrain per request
+        "speedup": len(results) * retrain_seconds / max(seconds, 1e-9),
+        "speedup_vs_warm": len(results) * warm_seconds / max(seconds, 1e-9),
         "exact": all(r.exact for r in results),
         "retrained": any(r.retrained for r in results),
         **own,
