@@ -98,8 +98,14 @@ def test_cg_reports_non_convergence_and_zero_rhs(system):
 def test_lissa_converges_to_damped_inverse_with_effective_damping_d_times_s(system):
     A, b = system  # eigenvalues 0.5 .. 20
     result = lissa(
-        lambda positions, u: A @ u, b, n_records=1, batch_size=1, scale=25.0, damping=0.02,
-        max_iter=3000, patience=3000,
+        lambda positions, u: A @ u,
+        b,
+        n_records=1,
+        batch_size=1,
+        scale=25.0,
+        damping=0.02,
+        max_iter=3000,
+        patience=3000,
     )
     assert not result.diverged and result.converged
     assert result.info["effective_damping"] == pytest.approx(0.5)
@@ -123,8 +129,15 @@ def test_lissa_sum_mean_conversion_with_minibatches():
         return block.T @ (block @ u) / len(positions) + l2 * u
 
     result = lissa(
-        batch_hvp, g / n, n_records=n, batch_size=50, scale=30.0, max_iter=400, rounds=4,
-        patience=400, seed=0,
+        batch_hvp,
+        g / n,
+        n_records=n,
+        batch_size=50,
+        scale=30.0,
+        max_iter=400,
+        rounds=4,
+        patience=400,
+        seed=0,
     )
     target = np.linalg.solve(H_sum, g)
     assert not result.diverged
@@ -144,17 +157,29 @@ def test_lissa_reports_divergence_for_too_small_scale(system):
 def test_lissa_reports_divergence_on_negative_curvature_without_damping():
     A = spd(10, -1.0, 4.0)
     result = lissa(
-        lambda p, u: A @ u, np.ones(10), n_records=1, batch_size=1, scale=5.0, max_iter=5000,
+        lambda p, u: A @ u,
+        np.ones(10),
+        n_records=1,
+        batch_size=1,
+        scale=5.0,
+        max_iter=5000,
         patience=5000,
     )
     assert result.diverged  # grows along the negative direction until it is non-finite
     damped = lissa(
-        lambda p, u: A @ u, np.ones(10), n_records=1, batch_size=1, scale=5.0, damping=0.4,
-        max_iter=3000, patience=3000,
+        lambda p, u: A @ u,
+        np.ones(10),
+        n_records=1,
+        batch_size=1,
+        scale=5.0,
+        damping=0.4,
+        max_iter=3000,
+        patience=3000,
     )
     assert not damped.diverged
-    np.testing.assert_allclose(damped.x, np.linalg.solve(A + 2.0 * np.eye(10), np.ones(10)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        damped.x, np.linalg.solve(A + 2.0 * np.eye(10), np.ones(10)), rtol=1e-6
+    )
 
 
 def test_lissa_validates_its_parameters(system):
@@ -185,3 +210,62 @@ def test_eigenvalues_of_tiny_operators_and_bad_method():
     assert smallest_eigenvalue(lambda v: A @ v, 2) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="method"):
         largest_eigenvalue(lambda v: A @ v, 2, method="qr")
+
+
+# -- truncated CG on indefinite and capped systems -------------------------------------------
+def quadratic(A: np.ndarray, b: np.ndarray, x: np.ndarray) -> float:
+    return 0.5 * float(x @ A @ x) - float(b @ x)
+
+
+def indefinite_system(seed: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues -1 and 1..8; b mostly on the positive eigenvectors, a little on the
+    negative one, so CG makes progress before it meets the negative curvature."""
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((12, 12)))
+    values = np.concatenate([[-1.0], np.linspace(1.0, 8.0, 11)])
+    coefficients = np.concatenate([[0.05], rng.uniform(0.5, 1.5, 11)])
+    return (Q * values) @ Q.T, Q @ coefficients
+
+
+def test_cg_stops_at_negative_curvature_and_returns_a_descent_iterate():
+    A, b = indefinite_system()
+    result = cg_solve(lambda v: A @ v, b, rtol=1e-10)
+    assert result.info["negative_curvature"] == 1.0 and result.info["truncated"] == 1.0
+    assert result.info["curvature"] < 0 and not result.converged and not result.diverged
+    assert result.iterations >= 1  # it made progress first
+    q = quadratic(A, b, result.x)
+    assert q < 0  # -x is a descent direction of the quadratic model
+    assert result.info["model_change"] == pytest.approx(q, rel=1e-10)
+    assert float(b @ result.x) > 0
+    # the remedy named in the docstring: damping past |lambda_min| solves the system exactly
+    damped = cg_solve(lambda v: A @ v, b, damping=1.5, rtol=1e-10)
+    assert damped.converged and damped.info["negative_curvature"] == 0.0
+    np.testing.assert_allclose(damped.x, np.linalg.solve(A + 1.5 * np.eye(12), b), rtol=1e-8)
+
+
+def test_cg_negative_curvature_at_the_first_direction_returns_zero():
+    A = -np.eye(5)
+    result = cg_solve(lambda v: A @ v, np.ones(5))
+    assert result.iterations == 0 and not result.x.any()
+    assert result.info["negative_curvature"] == 1.0 and result.info["model_change"] == 0.0
+
+
+def test_truncated_cg_iterates_decrease_the_quadratic_model_monotonically():
+    A = spd(60, 1e-3, 50.0, seed=6)  # condition 5e4: CG needs many iterations
+    b = np.random.default_rng(7).standard_normal(60)
+    values = []
+    for cap in (1, 2, 4, 8, 16):
+        result = cg_solve(lambda v: A @ v, b, rtol=1e-12, maxiter=cap)
+        assert result.iterations == cap and not result.converged
+        assert result.info["truncated"] == 1.0 and result.info["negative_curvature"] == 0.0
+        values.append(quadratic(A, b, result.x))
+        assert result.info["model_change"] == pytest.approx(values[-1], rel=1e-9)
+    assert all(later < earlier for earlier, later in zip(values, values[1:], strict=False))
+    optimum = quadratic(A, b, np.linalg.solve(A, b))
+    assert values[-1] > optimum  # truncated: not there yet
+
+
+def test_cholesky_reports_the_model_change(system):
+    A, b = system
+    result = cholesky_solve(A, b)
+    assert result.info["model_change"] == pytest.approx(-0.5 * b @ np.linalg.solve(A, b))

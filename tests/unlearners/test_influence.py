@@ -52,7 +52,8 @@ def problems():
     return {
         "breast-cancer": (ob.datasets.load("breast-cancer", normalize="l2").train, 1e-3),
         "digits-4class": (
-            ob.datasets.load("digits", normalize="l2", classes=[1, 4, 7, 9]).train, 1e-2
+            ob.datasets.load("digits", normalize="l2", classes=[1, 4, 7, 9]).train,
+            1e-2,
         ),
         "sparse-libsvm": (libsvm_bag_of_words(), 1e-2),
     }
@@ -377,5 +378,3 @@ def test_network_head_only_against_exact_head_retraining(small_net, kind):
     first.forget(request)
     assert gradient_residual(first, change.result) <= none_residual
     assert param_distance(first, retrained) <= none_distance
-
-

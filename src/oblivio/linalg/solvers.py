@@ -8,10 +8,11 @@ This module offers the three solvers of the reference and the spectral utilities
 * :func:`cholesky_solve` -- dense ``H`` (models with up to a few thousand parameters),
   ``scipy.linalg.cho_factor``; an indefinite or numerically singular matrix is a clear
   :class:`SolverError`, never a silent garbage solution.
-* :func:`cg_solve` -- matrix-free conjugate gradients (``scipy.sparse.linalg.cg`` on a
-  ``LinearOperator`` wrapping a Hessian-vector-product callable) on ``(H + mu I) t = v``,
+* :func:`cg_solve` -- matrix-free (truncated) conjugate gradients on ``(H + mu I) t = v``,
   stopping on the relative residual ``||(H + mu I) t - v|| / ||v||`` (reference §4.2; the
-  original code's CG minimised the quadratic with a wrong gradient, pitfall 2).
+  original code's CG minimised the quadratic with a wrong gradient, pitfall 2), on an
+  iteration cap, or at negative curvature, always returning the iterate reached and the
+  decrease of the quadratic model it achieves.
 * :func:`lissa` -- the stochastic Neumann series of Agarwal et al. (JMLR 2017) exactly as the
   reference §4.3 defines it, including its patience-based early stopping and divergence flag.
 * :func:`largest_eigenvalue`, :func:`smallest_eigenvalue` -- Lanczos
@@ -138,7 +139,8 @@ def cholesky_solve(
     Returns
     -------
     SolveResult
-        ``residual`` is the exact relative residual; ``info["condition"]`` the estimate.
+        ``residual`` is the exact relative residual; ``info["condition"]`` the estimate;
+        ``info["model_change"]`` is ``q(x) = 1/2 x^T A x - b^T x`` (``-1/2 b^T A^{-1} b``).
 
     Raises
     ------
@@ -184,9 +186,14 @@ def cholesky_solve(
         )
     x = scipy.linalg.cho_solve(factor, rhs, check_finite=False)
     scale = float(np.linalg.norm(rhs))
-    residual = float(np.linalg.norm(A @ x - rhs)) / scale if scale > 0 else 0.0
+    Ax = A @ x
+    residual = float(np.linalg.norm(Ax - rhs)) / scale if scale > 0 else 0.0
+    model_change = 0.5 * float(x @ Ax) - float(rhs @ x)
     return SolveResult(
-        x=x, method="cholesky", residual=residual, info={"condition": condition}
+        x=x,
+        method="cholesky",
+        residual=residual,
+        info={"condition": condition, "model_change": model_change},
     )
 
 
@@ -200,13 +207,26 @@ def cg_solve(
     maxiter: int | None = None,
     x0: Any = None,
 ) -> SolveResult:
-    r"""Solve ``(H + damping I) x = b`` matrix-free by conjugate gradients.
+    r"""Solve ``(H + damping I) x = b`` matrix-free by (truncated) conjugate gradients.
 
-    ``scipy.sparse.linalg.cg`` on a ``LinearOperator`` whose product is ``hvp(v) + damping
-    v`` (reference §4.2). CG needs a symmetric positive definite operator: convex objectives
-    with ``l2 > 0`` work with ``damping = 0``; for neural networks pass ``damping >=
-    |lambda_min(H)|`` (see :func:`smallest_eigenvalue`). On an indefinite operator CG
-    typically fails to reach ``rtol`` and the result says so (``converged=False``).
+    CG minimises the quadratic model ``q(x) = 1/2 x^T A x - b^T x``, ``A = H + damping I``,
+    over growing Krylov subspaces (reference §4.2; the original code's CG minimised it with a
+    wrong gradient, pitfall 2). It stops when
+
+    * the relative residual ``||A x - b|| / ||b||`` reaches ``rtol`` (converged);
+    * ``maxiter`` iterations are done (truncated); or
+    * a search direction ``p`` has ``p^T A p <= 0`` (**negative curvature**: ``A`` is not
+      positive definite, as for a neural network's Hessian with too little damping).
+
+    In the last two cases the iterate reached so far is returned, flagged, never silently
+    discarded: every CG iterate before negative curvature is met lowers ``q`` (``q`` is
+    non-increasing along CG iterates on the subspace where ``A`` was positive), so ``-x``
+    is a descent direction of the quadratic model even when ``x`` is not the solution.
+    This is the truncated-Newton rule of Steihaug (SIAM J. Numer. Anal. 20, 1983) and
+    Nocedal & Wright (*Numerical Optimization*, 2nd ed., Alg. 7.2) without a trust region:
+    a caller decides whether a truncated step is good enough (``info["model_change"]``).
+    Written by hand rather than with ``scipy.sparse.linalg.cg``, which can neither stop at
+    negative curvature nor report ``q``.
 
     Parameters
     ----------
@@ -215,20 +235,27 @@ def cg_solve(
     b : array-like of shape (p,)
         Right-hand side.
     damping : float
-        ``mu >= 0`` added to the operator.
+        ``mu >= 0`` added to the operator. Convex objectives with ``l2 > 0`` work with
+        ``mu = 0``; a non-convex Hessian needs ``mu > -lambda_min(H)`` (see
+        :func:`smallest_eigenvalue`) for CG to solve the system instead of stopping early.
     rtol : float
         Stop when ``||(H + mu I) x - b|| <= rtol ||b||``.
     maxiter : int or None
-        Iteration cap (scipy's default ``10 p`` when None).
+        Iteration cap (``10 p`` when None, as scipy's).
     x0 : array-like, optional
-        Starting point (zero by default).
+        Starting point (zero by default; costs one more product otherwise).
 
     Returns
     -------
     SolveResult
-        ``iterations`` counted by a callback, ``residual`` recomputed exactly with one more
-        product at the end (the recursive CG residual can drift), ``converged`` when scipy
-        reports success and the exact residual is within ``10 rtol``.
+        ``iterations``, ``hvp_calls`` (one more than the iterations: the exact final
+        residual is recomputed, since the recursive CG residual drifts in floating point),
+        ``residual`` (exact), ``converged`` (the loop met ``rtol`` and the exact residual is
+        within ``10 rtol``), ``diverged`` (non-finite values). ``info``:
+        ``model_change`` = ``q(x) - q(0)`` computed from the final product (negative: the
+        quadratic model decreased), ``negative_curvature`` (1.0 if CG stopped there, with
+        ``curvature`` the offending ``p^T A p / p^T p``), ``truncated`` (1.0 if it stopped
+        on ``maxiter`` or negative curvature).
     """
     damping = _check_damping(damping)
     if not rtol > 0:
@@ -239,42 +266,85 @@ def cg_solve(
     dim = rhs.size
     scale = float(np.linalg.norm(rhs))
     if scale == 0.0:
-        return SolveResult(x=np.zeros(dim), method="cg", residual=0.0)
+        return SolveResult(
+            x=np.zeros(dim),
+            method="cg",
+            residual=0.0,
+            info={"model_change": 0.0, "negative_curvature": 0.0, "truncated": 0.0},
+        )
+    cap = 10 * dim if maxiter is None else int(maxiter)
     calls = 0
 
     def matvec(v: np.ndarray) -> np.ndarray:
         nonlocal calls
         calls += 1
-        v = np.asarray(v, dtype=np.float64).reshape(-1)
-        out = _to_numpy(hvp(v.copy()))
+        out = _to_numpy(hvp(np.array(v, dtype=np.float64)))
         if out.size != dim:
             raise ValueError(f"hvp returned {out.size} entries for a vector of {dim}")
         return out + damping * v
 
-    operator = scipy.sparse.linalg.LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
+    x = np.zeros(dim) if x0 is None else _to_numpy(x0).copy()
+    r = rhs - matvec(x) if x0 is not None else rhs.copy()
+    p = r.copy()
+    rr = float(r @ r)
     iterations = 0
-
-    def count(_: np.ndarray) -> None:
-        nonlocal iterations
-        iterations += 1
-
-    start = None if x0 is None else _to_numpy(x0)
-    x, info = scipy.sparse.linalg.cg(
-        operator, rhs, x0=start, rtol=rtol, atol=0.0, maxiter=maxiter, callback=count
-    )
+    met = math.sqrt(rr) <= rtol * scale
+    negative = False
+    curvature = math.nan
+    with np.errstate(over="ignore", invalid="ignore"):
+        while not met and iterations < cap:
+            Ap = matvec(p)
+            pAp = float(p @ Ap)
+            if not math.isfinite(pAp):
+                break
+            if pAp <= 0.0:
+                negative = True
+                curvature = pAp / float(p @ p)
+                break
+            alpha = rr / pAp
+            x = x + alpha * p
+            r = r - alpha * Ap
+            iterations += 1
+            rr_new = float(r @ r)
+            met = math.sqrt(rr_new) <= rtol * scale
+            p = r + (rr_new / rr) * p
+            rr = rr_new
     if not np.all(np.isfinite(x)):
         return SolveResult(
-            x=x, method="cg", iterations=iterations, hvp_calls=calls, residual=math.inf,
-            converged=False, diverged=True,
+            x=x,
+            method="cg",
+            iterations=iterations,
+            hvp_calls=calls,
+            residual=math.inf,
+            converged=False,
+            diverged=True,
+            info={
+                "model_change": math.nan,
+                "negative_curvature": float(negative),
+                "truncated": 1.0,
+            },
         )
-    residual = float(np.linalg.norm(matvec(x) - rhs)) / scale
+    if x.any():
+        Ax = matvec(x)
+        residual = float(np.linalg.norm(Ax - rhs)) / scale
+        model_change = 0.5 * float(x @ Ax) - float(rhs @ x)
+    else:
+        residual, model_change = 1.0, 0.0
+    info = {
+        "model_change": model_change,
+        "negative_curvature": float(negative),
+        "truncated": float(not met),
+    }
+    if negative:
+        info["curvature"] = curvature
     return SolveResult(
         x=x,
         method="cg",
         iterations=iterations,
         hvp_calls=calls,
         residual=residual,
-        converged=bool(info == 0 and residual <= 10 * rtol),
+        converged=bool(met and residual <= 10 * rtol),
+        info=info,
     )
 
 
@@ -464,7 +534,12 @@ def _lanczos(hvp: HVP, dim: int, which: str, tol: float, maxiter: int | None, se
     v0 = np.random.default_rng(seed).standard_normal(dim)
     try:
         values = scipy.sparse.linalg.eigsh(
-            _operator(hvp, dim), k=1, which=which, tol=tol, v0=v0, maxiter=maxiter,
+            _operator(hvp, dim),
+            k=1,
+            which=which,
+            tol=tol,
+            v0=v0,
+            maxiter=maxiter,
             return_eigenvectors=False,
         )
     except scipy.sparse.linalg.ArpackNoConvergence as error:

@@ -33,6 +33,16 @@ vanishes; with oblivio's per-record ``l2`` it must be kept (reference §2, "Rela
 Published hyper-parameters (``tau``, LiSSA's scale and damping) belong to the original
 code's mixed sum/mean conventions and are not valid here; ``tau="auto"`` and
 ``lissa_scale="auto"`` derive them from the curvature instead.
+
+Non-convex models (networks) need more than the formulas: the Hessian is indefinite and the
+quadratic model behind the second-order step is only locally right. :class:`SecondOrder`
+therefore accepts truncated conjugate-gradient steps that decrease the damped quadratic
+model, never applies a step along negative curvature, and by default checks that a step
+lowers the edited objective, raising the damping (Levenberg-Marquardt) otherwise; every
+such event is counted in the diagnostics. Restricting ``theta`` to the last layer
+(``TorchModel(params=[...])``) makes the problem convex in ``theta`` and is what the
+reference does for its CNN. ``schedule="misclassified"`` implements the reference's
+iterative label-repair loop (§6.3).
 """
 
 from __future__ import annotations
@@ -43,7 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from oblivio.data import Change, Dataset
+from oblivio.data import Change, Dataset, RequestError
 from oblivio.linalg.solvers import (
     SolverError,
     SolveResult,
@@ -77,6 +87,7 @@ class _Influence(Unlearner):
     """
 
     exact = False
+    _SCHEDULES = ("chunks", "misclassified")
 
     # -- set-up ------------------------------------------------------------------------
     def _check_common(self) -> None:
@@ -88,7 +99,8 @@ class _Influence(Unlearner):
                 f"certification); got epsilon={self.epsilon!r}, delta={self.delta!r}"
             )
         if self.epsilon is not None and not (
-            isinstance(self.epsilon, (int, float)) and math.isfinite(self.epsilon)
+            isinstance(self.epsilon, (int, float))
+            and math.isfinite(self.epsilon)
             and self.epsilon > 0
         ):
             raise ValueError(f"epsilon must be a positive finite number, got {self.epsilon!r}")
@@ -96,10 +108,29 @@ class _Influence(Unlearner):
             isinstance(self.delta, (int, float)) and 0 < self.delta < 1
         ):
             raise ValueError(f"delta must lie strictly between 0 and 1, got {self.delta!r}")
-        if not (isinstance(self.residual_records, (int, np.integer))
-                and self.residual_records >= 0):
+        if not (
+            isinstance(self.residual_records, (int, np.integer)) and self.residual_records >= 0
+        ):
             raise ValueError(
                 f"residual_records must be a non-negative integer, got {self.residual_records!r}"
+            )
+        if self.schedule not in self._SCHEDULES:
+            raise ValueError(
+                f"schedule must be one of {', '.join(map(repr, self._SCHEDULES))}, got "
+                f"{self.schedule!r}"
+            )
+        for option in ("step_records", "curvature_records"):
+            value = getattr(self, option)
+            if value is not None and not (
+                isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+            ):
+                raise ValueError(f"{option} must be None or a positive integer, got {value!r}")
+
+    def _validate_change(self, change: Change) -> None:
+        if self.schedule == "misclassified" and change.is_removal and self.steps > 1:
+            raise RequestError(
+                "schedule='misclassified' refines the predictions on the replacement records; "
+                "a removal has none (use schedule='chunks')"
             )
 
     def _needs_curvature(self) -> bool:
@@ -115,13 +146,19 @@ class _Influence(Unlearner):
 
         Lanczos on Hessian-vector products (reference §4.3, "choosing s"); dividing by the
         number of records makes the value reusable after removals
-        (``lambda_max(H(D~)) ~= |D~| lambda_max_``).
+        (``lambda_max(H(D~)) ~= |D~| lambda_max_``). With more than ``curvature_records``
+        records the mean Hessian is that of a uniform sample of that many records (seeded):
+        the cost of each product drops by ``n / curvature_records``, at the price of a
+        sampling error of ``lambda_max`` (harmless for ``1 / lambda_max`` steps, which stay
+        stable up to twice the exact value; LiSSA's ``s`` carries a factor-2 margin anyway).
         """
+        limit = self.curvature_records
+        if limit is not None and len(data) > limit:
+            rng = np.random.default_rng(self.seed)
+            data = data.take(np.sort(rng.choice(len(data), size=int(limit), replace=False)))
         hvp = self._hvp_callable(data)
         n = len(data)
-        value = largest_eigenvalue(
-            lambda v: hvp(v) / n, self._n_params(), tol=1e-3, seed=self.seed
-        )
+        value = largest_eigenvalue(lambda v: hvp(v) / n, self._n_params(), tol=1e-3, seed=self.seed)
         if not (math.isfinite(value) and value > 0):
             raise SolverError(
                 f"the largest Hessian eigenvalue is {value:.4g}; the objective has no positive "
@@ -146,9 +183,9 @@ class _Influence(Unlearner):
         theta = self.model_.theta
         if isinstance(vector, torch.Tensor):
             return vector.detach().to(dtype=theta.dtype, device=theta.device).reshape(-1)
-        return torch.as_tensor(
-            np.asarray(vector), dtype=theta.dtype, device=theta.device
-        ).reshape(-1)
+        return torch.as_tensor(np.asarray(vector), dtype=theta.dtype, device=theta.device).reshape(
+            -1
+        )
 
     def _hvp_callable(self, data: Dataset):
         """``v (numpy) -> H(data) v (numpy float64)`` at the current ``theta``."""
@@ -184,8 +221,9 @@ class _Influence(Unlearner):
         theta = self._theta()
         n = len(data)
         if records is not None and records < n:
-            rng = np.random.default_rng(None if self.seed is None else self.seed + len(
-                getattr(self, "history_", [])))
+            rng = np.random.default_rng(
+                None if self.seed is None else self.seed + len(getattr(self, "history_", []))
+            )
             positions = np.sort(rng.choice(n, size=records, replace=False))
             gradient = (n / records) * model.grad(data.take(positions)).detach()
         else:
@@ -221,26 +259,64 @@ class _Influence(Unlearner):
             chunks.append((before, after, change.result if index == k - 1 else current))
         return chunks
 
+    def _misclassified_step(self, change: Change, index: int) -> tuple[Dataset, Dataset] | None:
+        """``(Z_k, Z~_k)`` of a refinement step of ``schedule="misclassified"``, or None.
+
+        Reference §6.3 (the label-repair loop) and §6.2 ("stabilisation"): ``Z~_k`` are up to
+        ``step_records`` replacement records (sampled with the seed) that the current model
+        still misclassifies, ``Z_k`` the same inputs with the label the model currently
+        predicts. None when every replacement record is classified as requested.
+        """
+        after = change.after
+        predicted = np.asarray(self.model_.predict(after.X)).astype(np.int64)
+        wrong = np.flatnonzero(predicted != after.y)
+        if wrong.size == 0:
+            return None
+        limit = self.step_records
+        if limit is not None and wrong.size > limit:
+            seed = None if self.seed is None else [int(self.seed), index]
+            wrong = np.sort(np.random.default_rng(seed).choice(wrong, size=limit, replace=False))
+        targets = after.take(wrong)
+        return targets.update(targets.ids, y=predicted[wrong]), targets
+
+    def _plan(self, change: Change):
+        """Yield ``(Z_k, Z~_k, D_k)`` step by step (lazily: later steps see the updates)."""
+        if self.schedule == "chunks":
+            yield from self._chunks(change)
+            return
+        yield change.before, change.after, change.result
+        for index in range(1, int(self.steps)):
+            pair = self._misclassified_step(change, index)
+            if pair is None:
+                return
+            yield pair[0], pair[1], change.result
+
     def _forget(self, change: Change) -> Outcome:
         diagnostics: dict[str, float] = {}
         start = self._theta()
-        total_G = torch.zeros_like(start)
-        applied = 0
-        for before, after, edited in self._chunks(change):
+        request_G = torch.zeros_like(start)  # G of the request itself (all chunks summed)
+        applied = skipped = 0
+        for index, (before, after, edited) in enumerate(self._plan(change)):
             G = self._gradient_difference(before, after)
-            total_G = total_G + G
+            if self.schedule == "chunks" or index == 0:
+                request_G = request_G + G
             diagnostics["gradient_records"] = (
                 diagnostics.get("gradient_records", 0.0) + len(before) + len(after)
             )
             if _norm(G) == 0.0:
                 continue  # nothing changed for the model: skip the update (reference §2)
-            step = self._direction(G, edited, diagnostics)
+            # a refinement step of the "misclassified" schedule is the reference's heuristic,
+            # not a descent step on L(.; D~): it is not judged by that objective
+            refining = self.schedule == "misclassified" and index > 0
+            step = self._direction(G, edited, diagnostics, refining=refining)
             if step is None:
+                skipped += 1
                 continue
             self.model_.theta = self._theta() - self._to_theta(step)
             applied += 1
-        diagnostics["grad_diff_norm"] = _norm(total_G)
+        diagnostics["grad_diff_norm"] = _norm(request_G)
         diagnostics["steps"] = float(applied)
+        diagnostics["steps_skipped"] = float(skipped)
         diagnostics["update_norm"] = _norm(self._theta() - start)
         self._residual_diagnostics(change.result, diagnostics)
         return Outcome(diagnostics=diagnostics)
@@ -273,7 +349,12 @@ class _Influence(Unlearner):
             diagnostics["residual_sample_size"] = float(limit)
 
     def _direction(
-        self, G: torch.Tensor, edited: Dataset, diagnostics: dict[str, float]
+        self,
+        G: torch.Tensor,
+        edited: Dataset,
+        diagnostics: dict[str, float],
+        *,
+        refining: bool = False,
     ) -> torch.Tensor | np.ndarray | None:
         raise NotImplementedError
 
@@ -297,14 +378,36 @@ class FirstOrder(_Influence):
         Template or trained model (``LogisticRegression`` or ``TorchModel``; with
         ``TorchModel(params=...)`` only those parameters move).
     tau : "auto" or float
-        Unlearning rate. ``"auto"`` uses ``1 / lambda_max(H(D~))`` with ``lambda_max`` of
-        the objective Hessian, estimated once by Lanczos at ``fit``/``attach`` (per record,
-        rescaled to the current training-set size). The value used is reported as the
-        diagnostic ``tau``. The paper's values (e.g. 3e-4 for the LSTM) assume mean losses
-        and do not transfer (reference §3: ``tau_sum = tau_mean / m``).
+        Unlearning rate (sum convention: ``G`` is a sum over the affected records).
+        ``"auto"`` uses ``1 / lambda_max(H(D~))`` with ``lambda_max`` of the objective
+        Hessian, estimated once by Lanczos at ``fit``/``attach`` (per record, rescaled to the
+        current training-set size): the largest step that provably does not increase the
+        residual of a convex model (reference §2, [derived]). It is conservative: on a
+        network that has memorised the affected records (gradients near zero on ``Z``, the
+        other records dominating the curvature along ``G``) it barely moves the model, and
+        the reference's advice applies: tune ``tau`` per task (§2, "tau must be tuned"). The
+        value used is reported as the diagnostic ``tau``. The paper's values (e.g. 3e-4 for
+        the LSTM) assume mean losses and do not transfer (reference §3:
+        ``tau_sum = tau_mean / m``).
     steps : int
-        Split the affected records into this many chunks and update after each (the paper's
-        stepwise variant), recomputing ``G`` at the current parameters.
+        Number of updates; what each one does depends on ``schedule``.
+    schedule : {"chunks", "misclassified"}
+        ``"chunks"``: split the affected records into ``steps`` chunks and update after each
+        (the paper's stepwise variant, reference §2), recomputing ``G`` at the current
+        parameters. ``"misclassified"``: the first update is the plain one for the whole
+        request; each further one (up to ``steps - 1``, stopping early when none is left)
+        takes up to ``step_records`` replacement records the current model still
+        misclassifies and moves them from the label it predicts to the requested one:
+        ``Z_k = (x, predicted)``, ``Z~_k = (x, requested)`` (reference §6.3, the label-repair
+        loop; §6.2, "stabilisation"). [code] uses predicted labels from the first step on;
+        here the first step is the request's own update, so ``steps=1`` is the plain method.
+        Needs a classifier (``predict``) and replacement records (not a removal).
+    step_records : int or None
+        Cap on the records of a ``"misclassified"`` refinement step (reference: 1024),
+        sampled with ``seed``; None: all of them.
+    curvature_records : int or None
+        ``lambda_max`` for ``tau="auto"`` is estimated on a uniform sample of at most this
+        many training records (None: all of them).
     epsilon, delta : float, optional
         If given (together), convex models report ``sigma_certified``.
     residual_records : int
@@ -316,9 +419,10 @@ class FirstOrder(_Influence):
 
     Notes
     -----
-    Diagnostics: ``grad_diff_norm`` (norm of the summed gradient differences of all steps;
-    ``||G||`` for one step), ``tau``, ``steps``, ``gradient_records`` (per-record gradients
-    evaluated), ``gradient_residual`` or ``gradient_residual_estimate``, ``sigma_certified``.
+    Diagnostics: ``grad_diff_norm`` (norm of the request's gradient difference, summed over
+    the chunks), ``tau``, ``steps`` (updates applied), ``steps_skipped``,
+    ``gradient_records`` (per-record gradients evaluated), ``gradient_residual`` or
+    ``gradient_residual_estimate``, ``sigma_certified``.
     """
 
     name = "first-order"
@@ -330,6 +434,9 @@ class FirstOrder(_Influence):
         *,
         tau: float | str = "auto",
         steps: int = 1,
+        schedule: str = "chunks",
+        step_records: int | None = None,
+        curvature_records: int | None = 20_000,
         epsilon: float | None = None,
         delta: float | None = None,
         residual_records: int = 20_000,
@@ -338,6 +445,9 @@ class FirstOrder(_Influence):
         super().__init__(model)
         self.tau = tau
         self.steps = steps
+        self.schedule = schedule
+        self.step_records = step_records
+        self.curvature_records = curvature_records
         self.epsilon = epsilon
         self.delta = delta
         self.residual_records = residual_records
@@ -348,8 +458,7 @@ class FirstOrder(_Influence):
         if isinstance(self.tau, str):
             if self.tau != "auto":
                 raise ValueError(f"tau must be 'auto' or a positive number, got {self.tau!r}")
-        elif not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau)
-                  and self.tau > 0):
+        elif not (isinstance(self.tau, (int, float)) and math.isfinite(self.tau) and self.tau > 0):
             raise ValueError(f"tau must be 'auto' or a positive number, got {self.tau!r}")
 
     def _needs_curvature(self) -> bool:
@@ -362,7 +471,7 @@ class FirstOrder(_Influence):
             self.lambda_max_ = self._mean_lambda_max(self.train_)
         return 1.0 / (n_records * self.lambda_max_)
 
-    def _direction(self, G, edited, diagnostics):
+    def _direction(self, G, edited, diagnostics, *, refining=False):
         tau = self._current_tau(len(edited))
         diagnostics["tau"] = tau
         return tau * G
@@ -379,6 +488,28 @@ class SecondOrder(_Influence):
     models the residual left is ``(H~ - H~_xi) H~^{-1} G``, second order in ``||G||``
     (reference §5).
 
+    **Non-convex models.** A network's Hessian is indefinite, so the update needs damping
+    ``mu`` (reference §4.2: ``mu >= |lambda_min(H~)|`` for an exact solve), or, restricted
+    to the last layer (``TorchModel(params=[...])``), the head's Hessian is positive
+    semi-definite (cross-entropy is convex in the logits' weights) and a small ``mu`` suffices.
+    Matrix-free solvers rarely reach a tight tolerance there in few iterations, yet their
+    iterate is still a useful *truncated Newton* step (Nocedal & Wright, *Numerical
+    Optimization*, §7.1): on a positive definite ``H~ + mu I`` every conjugate-gradient
+    iterate lowers the damped quadratic model of the edited objective,
+
+        q(t) = 1/2 t^T (H~ + mu I) t - G^T t,       q(t) < 0  <=>  the model predicts a decrease,
+
+    (``L(theta - t; D~) ~= L(theta; D~) + q(t)`` when ``theta`` minimises ``L(.; D)``). With
+    ``inexact="apply"`` (default) such a step is applied and reported as truncated. A step
+    along which the damped Hessian has **negative curvature** is never applied (the model is
+    unbounded there and the step's length arbitrary), nor, by default on networks, one that
+    increases the edited objective: the damping is raised and the system solved again
+    (Levenberg-Marquardt, ``damping_increases``, ``objective_check``). What remains with
+    negative curvature, ``q(t) >= 0``, an objective increase, divergence or non-finite
+    values is a failure, handled by ``on_failure``. The
+    conventions are the library's: sums over records, ``mu`` added to the sum Hessian (a
+    per-record damping ``mu / n``).
+
     Parameters
     ----------
     model : Model
@@ -388,18 +519,21 @@ class SecondOrder(_Influence):
     solver : {"auto", "cholesky", "cg", "lissa"}
         ``"cholesky"``: dense Hessian and Cholesky solve (a few thousand parameters at most;
         an indefinite or ill-conditioned ``H~ + mu I`` raises
-        :class:`~oblivio.linalg.SolverError`). ``"cg"``: matrix-free conjugate gradients on
-        Hessian-vector products, stopping at relative residual ``rtol``. ``"lissa"``: the
-        stochastic Neumann series of the reference (§4.3) on mini-batch Hessians.
-        ``"auto"``: Cholesky up to 3000 parameters, CG above.
+        :class:`~oblivio.linalg.SolverError`). ``"cg"``: matrix-free (truncated) conjugate
+        gradients on Hessian-vector products of the whole edited set, stopping at relative
+        residual ``rtol``, at ``max_iter`` or at negative curvature
+        (:func:`~oblivio.linalg.cg_solve`). ``"lissa"``: the stochastic Neumann series of
+        the reference (§4.3) on mini-batch Hessians. ``"auto"``: Cholesky up to 3000
+        parameters, CG above.
     damping : float
         ``mu >= 0`` added to the **sum** Hessian for every solver (needed for non-convex
-        models: ``mu > |lambda_min(H~)|``, see :func:`oblivio.linalg.smallest_eigenvalue`).
-        For LiSSA this is the reference's ``d = mu / (n s)`` (its effective damping ``d s``
-        applies to the mean Hessian ``H~ / n``).
-    steps : int
-        Stepwise variant: split the affected records into this many chunks and update after
-        each, recomputing ``G`` and ``H~`` (on the partially edited set).
+        models: ``mu > |lambda_min(H~)|`` for an exact solve, see
+        :func:`oblivio.linalg.smallest_eigenvalue`). For LiSSA this is the reference's
+        ``d = mu / (n s)`` (its effective damping ``d s`` applies to the mean Hessian
+        ``H~ / n``).
+    steps, schedule, step_records
+        As in :class:`FirstOrder`; ``H~`` is recomputed at every step (on the partially
+        edited set for ``"chunks"``, on ``D~`` for ``"misclassified"``).
     rtol : float or None
         CG tolerance on ``||(H~ + mu I) t - G|| / ||G||``; ``None``: 1e-8 for float64
         parameters, 1e-4 for float32 (the precision of float32 Hessian-vector products).
@@ -407,30 +541,63 @@ class SecondOrder(_Influence):
         CG iteration cap (``None``: ``min(10 p, 1000)``) or LiSSA iterations per round
         (``None``: one pass over the data, ``ceil(n / lissa_batch_size)``, as the reference's
         generic implementation).
+    inexact : {"apply", "fail"}
+        A solve that stopped short of its tolerance (CG at ``max_iter``; LiSSA whose
+        relative residual exceeds 1) but decreases the damped quadratic model
+        (``q(t) < 0``) without negative curvature along it: ``"apply"`` it as a truncated
+        Newton step (diagnostic ``solver_truncated``), or treat it as a failure
+        (``"fail"``).
+    damping_increases : int
+        Levenberg-Marquardt safeguard, at most this many re-solves per step (0: none; the
+        step then fails): negative curvature ``c <= 0`` (CG direction or LiSSA solution)
+        raises the damping to ``2 (mu + |c|)``; a step that increases the edited objective
+        (with ``objective_check``) to ``max(4 mu, t^T (H~ + mu I) t / t^T t)``. The largest
+        damping used is the diagnostic ``damping``.
+    objective_check : {"auto", "always", "never"}
+        Evaluate the edited objective ``L(theta - t; D~)`` (one pass over ``D~``) and reject
+        a step that does not decrease it: the quadratic model can be far off on a network
+        (on a small MLP a converged damped Newton step, predicted to lower the objective by
+        44, raised it from 186 to 955). ``"auto"``: for every model but
+        ``LogisticRegression`` (whose steps are exact Newton steps on a convex objective).
+        When ``theta`` is not a stationary point of ``L(.; D)`` (a network stopped early),
+        the check also credits or blames the leftover training gradient. Refinement steps
+        of ``schedule="misclassified"`` are not checked: they deliberately trade objective
+        for correct predictions on the replacement records (the reference's heuristic).
     lissa_scale : "auto" or float
         LiSSA's ``s`` for the mean Hessian; must exceed the mini-batch Hessians' largest
-        eigenvalue. ``"auto"``: twice the full-data ``lambda_max`` (Lanczos, estimated at
-        ``fit``/``attach``).
+        eigenvalue. ``"auto"``: twice ``lambda_max`` of the mean Hessian (Lanczos, on a
+        sample of ``curvature_records`` records, estimated at ``fit``/``attach``).
     lissa_batch_size, lissa_rounds, lissa_patience : int
         LiSSA's ``B``, ``R`` and ``P`` (reference §4.3).
+    curvature_records : int or None
+        Sample size for ``lissa_scale="auto"`` (None: all training records).
     on_failure : {"raise", "skip"}
-        What to do when the solver fails (Cholesky on an indefinite/ill-conditioned matrix,
-        CG not reaching ``rtol``, LiSSA diverging or leaving a relative residual above 1,
-        i.e. worse than no step). ``"raise"``: :class:`~oblivio.linalg.SolverError`, nothing
-        changes. ``"skip"``: the update is not applied (never apply a diverged LiSSA step,
-        reference §4.3), the training set is still edited, and ``diagnostics`` report it
-        (``solver_failed``, ``lissa_diverged``).
+        What to do when the solver gives no usable step (Cholesky on an indefinite or
+        ill-conditioned matrix; LiSSA diverging; any result that is non-finite or does not
+        decrease ``q``; a non-converged solve under ``inexact="fail"``). ``"raise"``:
+        :class:`~oblivio.linalg.SolverError`, nothing changes. ``"skip"``: the update is not
+        applied (never apply a diverged LiSSA step, reference §4.3), the training set is
+        still edited, and ``diagnostics`` say so (``solver_failed``, ``steps_skipped``,
+        ``lissa_diverged``).
     epsilon, delta, residual_records, seed
         As in :class:`FirstOrder` (``seed`` also drives LiSSA's batch order).
 
     Notes
     -----
-    Diagnostics: ``grad_diff_norm``, ``steps``, ``solver_iterations``, ``cg_iterations``
-    (CG), ``hvp_calls``, ``solver_residual`` (the largest relative residual of
-    ``(H~ + mu I) t = G`` over the steps; LiSSA's is computed with one full Hessian-vector
-    product), ``solver_converged`` (1 or 0), ``lissa_diverged`` (LiSSA), ``condition``
-    (Cholesky), ``damping``, ``solver_failed``, ``gradient_records``,
-    ``gradient_residual`` (or ``gradient_residual_estimate``), ``sigma_certified``.
+    Diagnostics: ``grad_diff_norm``, ``steps`` (updates applied), ``steps_skipped``,
+    ``solver_iterations``, ``cg_iterations`` (CG), ``hvp_calls``, ``solver_residual`` (the
+    largest relative residual of ``(H~ + mu I) t = G`` over the steps; LiSSA's is computed
+    with one full Hessian-vector product), ``solver_converged`` (1 if every step met its
+    tolerance), ``solver_truncated`` (steps applied without meeting it),
+    ``negative_curvature`` (steps that ended on it, after any damping increases),
+    ``damping_increases`` (re-solves), ``objective_rejections`` (steps rejected because the
+    edited objective rose), ``model_change`` (sum of ``q(t)`` over the applied steps: the
+    decrease of the edited objective the quadratic model predicts), ``objective_change``
+    (the actual change of the edited objective, when checked),
+    ``lissa_diverged`` (LiSSA), ``condition`` (Cholesky), ``damping`` (the largest damping
+    used), ``solver_failed``,
+    ``gradient_records``, ``gradient_residual`` (or ``gradient_residual_estimate``),
+    ``sigma_certified``.
     """
 
     name = "second-order"
@@ -445,12 +612,18 @@ class SecondOrder(_Influence):
         solver: str = "auto",
         damping: float = 0.0,
         steps: int = 1,
+        schedule: str = "chunks",
+        step_records: int | None = None,
         rtol: float | None = None,
         max_iter: int | None = None,
+        inexact: str = "apply",
+        damping_increases: int = 8,
+        objective_check: str = "auto",
         lissa_scale: float | str = "auto",
         lissa_batch_size: int = 256,
         lissa_rounds: int = 1,
         lissa_patience: int = 5,
+        curvature_records: int | None = 20_000,
         on_failure: str = "raise",
         epsilon: float | None = None,
         delta: float | None = None,
@@ -461,12 +634,18 @@ class SecondOrder(_Influence):
         self.solver = solver
         self.damping = damping
         self.steps = steps
+        self.schedule = schedule
+        self.step_records = step_records
         self.rtol = rtol
         self.max_iter = max_iter
+        self.inexact = inexact
+        self.damping_increases = damping_increases
+        self.objective_check = objective_check
         self.lissa_scale = lissa_scale
         self.lissa_batch_size = lissa_batch_size
         self.lissa_rounds = lissa_rounds
         self.lissa_patience = lissa_patience
+        self.curvature_records = curvature_records
         self.on_failure = on_failure
         self.epsilon = epsilon
         self.delta = delta
@@ -477,11 +656,13 @@ class SecondOrder(_Influence):
         self._check_common()
         if self.solver not in self._SOLVERS:
             raise ValueError(
-                f"solver must be one of {', '.join(map(repr, self._SOLVERS))}, got "
-                f"{self.solver!r}"
+                f"solver must be one of {', '.join(map(repr, self._SOLVERS))}, got {self.solver!r}"
             )
-        if not (isinstance(self.damping, (int, float)) and math.isfinite(self.damping)
-                and self.damping >= 0):
+        if not (
+            isinstance(self.damping, (int, float))
+            and math.isfinite(self.damping)
+            and self.damping >= 0
+        ):
             raise ValueError(f"damping must be a finite number >= 0, got {self.damping!r}")
         if self.rtol is not None and not (isinstance(self.rtol, float) and self.rtol > 0):
             raise ValueError(f"rtol must be None or a positive float, got {self.rtol!r}")
@@ -504,6 +685,20 @@ class SecondOrder(_Influence):
                 raise ValueError(f"{option} must be a positive integer, got {value!r}")
         if self.on_failure not in ("raise", "skip"):
             raise ValueError(f"on_failure must be 'raise' or 'skip', got {self.on_failure!r}")
+        if self.inexact not in ("apply", "fail"):
+            raise ValueError(f"inexact must be 'apply' or 'fail', got {self.inexact!r}")
+        if self.objective_check not in ("auto", "always", "never"):
+            raise ValueError(
+                f"objective_check must be 'auto', 'always' or 'never', got {self.objective_check!r}"
+            )
+        if not (
+            isinstance(self.damping_increases, (int, np.integer))
+            and not isinstance(self.damping_increases, bool)
+            and self.damping_increases >= 0
+        ):
+            raise ValueError(
+                f"damping_increases must be a non-negative integer, got {self.damping_increases!r}"
+            )
 
     def _needs_curvature(self) -> bool:
         return self.solver == "lissa" and self.lissa_scale == "auto"
@@ -519,11 +714,19 @@ class SecondOrder(_Influence):
             return float(self.rtol)
         return 1e-8 if self.model_.theta.dtype == torch.float64 else 1e-4
 
-    def _solve(self, G: torch.Tensor, edited: Dataset, solver: str) -> SolveResult:
-        rhs = G.detach().cpu().double().numpy()
-        damping = float(self.damping)
+    def _checks_objective(self) -> bool:
+        if self.objective_check == "auto":
+            return not isinstance(self.model_, LogisticRegression)
+        return self.objective_check == "always"
+
+    def _solve(
+        self, rhs: np.ndarray, edited: Dataset, solver: str, damping: float, cache: dict
+    ) -> SolveResult:
+        """One solve of ``(H~ + damping I) t = G``; ``cache`` keeps the dense Hessian."""
         if solver == "cholesky":
-            return cholesky_solve(self.model_.hessian(edited), rhs, damping=damping)
+            if "hessian" not in cache:
+                cache["hessian"] = self.model_.hessian(edited)
+            return cholesky_solve(cache["hessian"], rhs, damping=damping)
         hvp = self._hvp_callable(edited)
         if solver == "cg":
             cap = self.max_iter if self.max_iter is not None else min(10 * rhs.size, 1000)
@@ -538,9 +741,9 @@ class SecondOrder(_Influence):
             scale = float(self.lissa_scale)
         d = damping / (n * scale)
         if d >= 1.0:
-            raise ValueError(
+            raise SolverError(
                 f"damping={damping:g} is too large for LiSSA with scale {scale:.4g} on {n} "
-                f"records (d = damping / (n s) = {d:.3g} must be < 1)"
+                f"records (d = damping / (n s) = {d:.3g} must be < 1); raise lissa_scale"
             )
         model = self.model_
 
@@ -549,41 +752,56 @@ class SecondOrder(_Influence):
             return product.detach().cpu().double().numpy().reshape(-1) / len(positions)
 
         result = lissa(
-            batch_hvp, rhs / n, n_records=n, batch_size=int(self.lissa_batch_size),
-            scale=scale, damping=d, max_iter=self.max_iter, rounds=int(self.lissa_rounds),
-            patience=int(self.lissa_patience), seed=self.seed,
+            batch_hvp,
+            rhs / n,
+            n_records=n,
+            batch_size=int(self.lissa_batch_size),
+            scale=scale,
+            damping=d,
+            max_iter=self.max_iter,
+            rounds=int(self.lissa_rounds),
+            patience=int(self.lissa_patience),
+            seed=self.seed,
         )
         if result.diverged:
             return result
-        # exact relative residual of the damped system it targets, one full HVP
-        scale_G = float(np.linalg.norm(rhs))
-        residual = float(np.linalg.norm(hvp(result.x) + damping * result.x - rhs)) / scale_G
+        # exact relative residual and model change of the damped system, one full HVP
+        product = hvp(result.x) + damping * result.x
+        residual = float(np.linalg.norm(product - rhs)) / float(np.linalg.norm(rhs))
+        curvature = float(result.x @ product)
+        info = {
+            **result.info,
+            "scale": scale,
+            "model_change": 0.5 * curvature - float(rhs @ result.x),
+            # t^T (H~ + mu I) t <= 0: the step points along negative curvature
+            "negative_curvature": float(curvature <= 0.0),
+        }
+        if curvature <= 0.0:
+            info["curvature"] = curvature / max(float(result.x @ result.x), 1e-300)
         return SolveResult(
-            x=result.x, method="lissa", iterations=result.iterations,
-            hvp_calls=result.hvp_calls + 1, residual=residual,
-            converged=residual <= 1.0, diverged=False,
-            info={**result.info, "scale": scale},
+            x=result.x,
+            method="lissa",
+            iterations=result.iterations,
+            hvp_calls=result.hvp_calls + 1,
+            residual=residual,
+            converged=residual <= 1.0,
+            diverged=False,
+            info=info,
         )
 
-    def _direction(self, G, edited, diagnostics):
-        solver = self._resolved_solver()
-        diagnostics["damping"] = float(self.damping)
-        try:
-            result = self._solve(G, edited, solver)
-        except SolverError:
-            if self.on_failure == "raise":
-                raise
-            diagnostics["solver_failed"] = 1.0
-            diagnostics["solver_converged"] = 0.0
-            return None
-        diagnostics["solver_iterations"] = (
-            diagnostics.get("solver_iterations", 0.0) + result.iterations
-        )
-        diagnostics["hvp_calls"] = diagnostics.get("hvp_calls", 0.0) + result.hvp_calls
-        previous = diagnostics.get("solver_residual", 0.0)
-        diagnostics["solver_residual"] = max(previous, float(result.residual))
+    def _record(self, result: SolveResult, solver: str, diagnostics: dict[str, float]) -> None:
+        """Accumulate the solver's numbers over the steps and attempts."""
+
+        def add(key: str, value: float) -> None:
+            diagnostics[key] = diagnostics.get(key, 0.0) + float(value)
+
+        add("solver_iterations", result.iterations)
+        add("hvp_calls", result.hvp_calls)
+        residual = float(result.residual)
+        if math.isfinite(residual) or "solver_residual" not in diagnostics:
+            diagnostics["solver_residual"] = max(diagnostics.get("solver_residual", 0.0), residual)
         if solver == "cg":
-            diagnostics["cg_iterations"] = diagnostics.get("cg_iterations", 0.0) + result.iterations
+            add("cg_iterations", result.iterations)
         if solver == "cholesky":
             diagnostics["condition"] = max(
                 diagnostics.get("condition", 0.0), result.info["condition"]
@@ -594,28 +812,138 @@ class SecondOrder(_Influence):
             )
             if "scale" in result.info:
                 diagnostics["lissa_scale"] = result.info["scale"]
-        ok = result.converged and not result.diverged and np.all(np.isfinite(result.x))
-        diagnostics["solver_converged"] = min(diagnostics.get("solver_converged", 1.0), float(ok))
-        if ok:
-            diagnostics.setdefault("solver_failed", 0.0)
+
+    def _direction(self, G, edited, diagnostics, *, refining=False):
+        """Solve, check, and if needed re-solve with more damping (Levenberg-Marquardt).
+
+        A solution is *usable* when it is finite, not diverged, free of negative curvature
+        and decreases the damped quadratic model (``q(t) < 0``); with the objective check it
+        must also decrease the edited objective itself, ``L(theta - t; D~) < L(theta; D~)``.
+        Negative curvature (``c = p^T (H~ + mu I) p / p^T p <= 0`` on a CG direction or
+        along a LiSSA solution) raises the damping to ``2 (mu + |c|)``: at least doubled and
+        twice past the curvature found. An objective increase means the quadratic model is
+        not trusted that far: the damping becomes ``max(4 mu, t^T (H~ + mu I) t / t^T t)``,
+        which at least halves the step along ``t``. Both are the Levenberg-Marquardt remedy
+        for Newton steps on non-convex objectives (Nocedal & Wright, 2nd ed., §10.3; Martens,
+        ICML 2010, §4.1), at most ``damping_increases`` times per step.
+        """
+        solver = self._resolved_solver()
+        for key in (
+            "solver_failed",
+            "solver_truncated",
+            "negative_curvature",
+            "damping_increases",
+            "objective_rejections",
+        ):
+            diagnostics.setdefault(key, 0.0)
+        diagnostics.setdefault("damping", float(self.damping))
+        rhs = G.detach().cpu().double().numpy()
+        check = self._checks_objective() and not refining
+        theta = self._theta()
+        before = float(self.model_.objective(edited, theta)) if check else math.nan
+        damping = float(self.damping)
+        cache: dict[str, Any] = {}
+        increases = 0
+        while True:
+            try:
+                result = self._solve(rhs, edited, solver, damping, cache)
+            except SolverError:
+                if self.on_failure == "raise":
+                    raise
+                diagnostics["solver_failed"] = 1.0
+                diagnostics["solver_converged"] = 0.0
+                return None
+            self._record(result, solver, diagnostics)
+            change = float(result.info.get("model_change", math.nan))
+            finite = not result.diverged and bool(np.all(np.isfinite(result.x)))
+            negative = bool(result.info.get("negative_curvature"))
+            usable = finite and not negative and change < 0.0
+            converged = bool(result.converged) and usable
+            retry = None
+            if negative and finite:
+                retry = 2.0 * (damping + abs(float(result.info.get("curvature", 0.0))))
+            elif usable and (converged or self.inexact == "apply") and check:
+                after = float(self.model_.objective(edited, theta - self._to_theta(result.x)))
+                if not after < before:
+                    diagnostics["objective_rejections"] += 1.0
+                    x = result.x
+                    along = (2.0 * (change + float(rhs @ x))) / max(float(x @ x), 1e-300)
+                    retry = max(4.0 * damping, along)
+                    usable = False
+            if retry is not None and increases < int(self.damping_increases):
+                damping, increases = retry, increases + 1
+                diagnostics["damping_increases"] += 1.0
+                continue
+            break
+        diagnostics["damping"] = max(diagnostics["damping"], damping)
+        diagnostics["negative_curvature"] += float(negative)
+        diagnostics["solver_converged"] = min(
+            diagnostics.get("solver_converged", 1.0), float(converged)
+        )
+        if usable and (converged or self.inexact == "apply"):
+            diagnostics["model_change"] = diagnostics.get("model_change", 0.0) + change
+            if check:
+                diagnostics["objective_change"] = (
+                    diagnostics.get("objective_change", 0.0) + after - before
+                )
+            if not converged:
+                diagnostics["solver_truncated"] += 1.0
             return result.x
         diagnostics["solver_failed"] = 1.0
         if self.on_failure == "skip":
             return None
-        if solver == "lissa":
-            why = (
-                "LiSSA diverged" if result.diverged else
-                f"LiSSA left a relative residual {result.residual:.3g} > 1 (worse than no step)"
-            )
-            raise SolverError(
-                f"{why} after {result.iterations} iterations; increase lissa_scale (> the "
-                "largest mini-batch Hessian eigenvalue), add damping (> |lambda_min| for "
-                "non-convex models), raise max_iter, or use solver='cg'. Nothing was changed "
-                "(on_failure='skip' would edit the data without updating the model)."
-            )
         raise SolverError(
+            self._failure_message(
+                result, solver, finite, negative, change, damping, increases, retry is not None
+            )
+        )
+
+    def _failure_message(
+        self,
+        result: SolveResult,
+        solver: str,
+        finite: bool,
+        negative: bool,
+        change: float,
+        damping: float,
+        increases: int,
+        wanted_more: bool,
+    ) -> str:
+        tail = " Nothing was changed (on_failure='skip' would edit the data without updating "
+        tail += "the model)."
+        if solver == "lissa" and result.diverged:
+            return (
+                f"LiSSA diverged after {result.iterations} iterations; increase lissa_scale "
+                "(> the largest mini-batch Hessian eigenvalue), add damping (> |lambda_min| "
+                "for non-convex models), or use solver='cg'." + tail
+            )
+        if negative:
+            return (
+                f"the damped Hessian is not positive definite: {solver} met negative curvature "
+                f"with damping {damping:.4g} (after {increases} increases); its iterate is not "
+                "a trustworthy step. Pass damping > |lambda_min(H~)| (see "
+                "oblivio.linalg.smallest_eigenvalue), allow more damping_increases, or "
+                "restrict theta to the last layer (convex head)." + tail
+            )
+        if not finite or not change < 0.0:
+            return (
+                f"the {solver} solution does not decrease the damped quadratic model of the "
+                f"edited objective (q(t) = {change:.3g} >= 0 or not finite)." + tail
+            )
+        if wanted_more:
+            return (
+                f"every step tried increased the edited objective L(theta - t; D~) (damping "
+                f"raised {increases} times, to {damping:.4g}): the quadratic model is not "
+                "trustworthy here. Pass a larger damping or allow more damping_increases." + tail
+            )
+        if solver == "lissa":
+            return (
+                f"LiSSA left a relative residual {result.residual:.3g} > 1 after "
+                f"{result.iterations} iterations and inexact='fail'; raise max_iter or "
+                "lissa_scale, or use inexact='apply'." + tail
+            )
+        return (
             f"CG did not reach rtol={self._default_rtol():g} in {result.iterations} iterations "
-            f"(relative residual {result.residual:.3g}); the Hessian may be indefinite (add "
-            "damping > |lambda_min|, see oblivio.linalg.smallest_eigenvalue) or badly "
-            "conditioned (raise max_iter or rtol). Nothing was changed."
+            f"(relative residual {result.residual:.3g}) and inexact='fail'; add damping, raise "
+            "max_iter or rtol, or use inexact='apply' (a truncated Newton step)." + tail
         )
