@@ -164,6 +164,23 @@ def test_a_step_that_raises_the_objective_is_damped_or_refused(task, adam_net):
     assert torch.equal(refused.model_.theta, adam_net.theta)
 
 
+def test_objective_check_discounts_the_gradient_left_by_early_stopping(task, adam_net):
+    """Adam stopped early: grad L(theta; D) != 0. The check asks the step to beat its
+    first-order effect, L(theta - t; D~) - L(theta; D~) + t^T grad L(theta; D) < 0."""
+    request = Remove(np.random.default_rng(2).choice(task.ids, size=10, replace=False))
+    edited = request.resolve(task).result
+    leftover = adam_net.objective_grad(task)
+    assert float(torch.linalg.vector_norm(leftover)) > 1.0  # not stationary
+    second = SecondOrder(adam_net, solver="cg", max_iter=200).attach(task)
+    result = second.forget(request)
+    assert result.diagnostics["steps"] == 1.0
+    step = adam_net.theta - second.model_.theta
+    assert float(torch.linalg.vector_norm(step)) > 1e-4
+    change = objective(second.model_, edited) - objective(adam_net, edited)
+    assert result.diagnostics["objective_change"] == pytest.approx(change, rel=1e-9)
+    assert change + float(step @ leftover) < 0
+
+
 def test_lissa_never_applies_a_step_along_negative_curvature(task, adam_net):
     request = relabel(task, 20)
     lissa = SecondOrder(

@@ -554,15 +554,15 @@ class SecondOrder(_Influence):
         (with ``objective_check``) to ``max(4 mu, t^T (H~ + mu I) t / t^T t)``. The largest
         damping used is the diagnostic ``damping``.
     objective_check : {"auto", "always", "never"}
-        Evaluate the edited objective ``L(theta - t; D~)`` (one pass over ``D~``) and reject
-        a step that does not decrease it: the quadratic model can be far off on a network
-        (on a small MLP a converged damped Newton step, predicted to lower the objective by
-        44, raised it from 186 to 955). ``"auto"``: for every model but
-        ``LogisticRegression`` (whose steps are exact Newton steps on a convex objective).
-        When ``theta`` is not a stationary point of ``L(.; D)`` (a network stopped early),
-        the check also credits or blames the leftover training gradient. Refinement steps
-        of ``schedule="misclassified"`` are not checked: they deliberately trade objective
-        for correct predictions on the replacement records (the reference's heuristic).
+        Evaluate the edited objective ``L(theta - t; D~)`` (a loss and a gradient pass over
+        ``D~``) and reject a step that does not decrease it (beyond the first-order effect of
+        any gradient ``theta`` leaves on the unedited data; see ``_direction``): the
+        quadratic model can be far off on a network (on a small MLP a converged damped
+        Newton step, predicted to lower the objective by 44, raised it from 186 to 955).
+        ``"auto"``: for every model but ``LogisticRegression`` (whose steps are exact Newton
+        steps on a convex objective). Refinement steps of ``schedule="misclassified"`` are
+        not checked: they deliberately trade objective for correct predictions on the
+        replacement records (the reference's heuristic).
     lissa_scale : "auto" or float
         LiSSA's ``s`` for the mean Hessian; must exceed the mini-batch Hessians' largest
         eigenvalue. ``"auto"``: twice ``lambda_max`` of the mean Hessian (Lanczos, on a
@@ -817,8 +817,16 @@ class SecondOrder(_Influence):
         """Solve, check, and if needed re-solve with more damping (Levenberg-Marquardt).
 
         A solution is *usable* when it is finite, not diverged, free of negative curvature
-        and decreases the damped quadratic model (``q(t) < 0``); with the objective check it
-        must also decrease the edited objective itself, ``L(theta - t; D~) < L(theta; D~)``.
+        and decreases the damped quadratic model (``q(t) < 0``); with the objective check the
+        edited objective itself must confirm the decrease the model predicts:
+
+            L(theta - t; D~) - L(theta; D~) + t^T g0 < 0,      g0 = grad L(theta; D),
+
+        i.e. the step lowers ``L(.; D~)`` by more than the first-order effect of the gradient
+        ``g0`` that ``theta`` leaves on the unedited data (zero at an optimum, where this is
+        plain descent; a network stopped early leaves one, and the quadratic model
+        ``q(t)``, built from ``G`` alone, does not account for it). ``g0 = grad L(theta; D~)
+        - G`` costs one gradient pass over ``D~``.
         Negative curvature (``c = p^T (H~ + mu I) p / p^T p <= 0`` on a CG direction or
         along a LiSSA solution) raises the damping to ``2 (mu + |c|)``: at least doubled and
         twice past the curvature found. An objective increase means the quadratic model is
@@ -841,6 +849,10 @@ class SecondOrder(_Influence):
         check = self._checks_objective() and not refining
         theta = self._theta()
         before = float(self.model_.objective(edited, theta)) if check else math.nan
+        leftover = None
+        if check:  # g0 = grad L(theta; D) = grad L(theta; D~) - G, exactly, by (*)
+            gradient = self._objective_gradient(edited) - G
+            leftover = gradient.detach().cpu().double().numpy()
         damping = float(self.damping)
         cache: dict[str, Any] = {}
         increases = 0
@@ -864,7 +876,7 @@ class SecondOrder(_Influence):
                 retry = 2.0 * (damping + abs(float(result.info.get("curvature", 0.0))))
             elif usable and (converged or self.inexact == "apply") and check:
                 after = float(self.model_.objective(edited, theta - self._to_theta(result.x)))
-                if not after < before:
+                if not after - before + float(leftover @ result.x) < 0.0:
                     diagnostics["objective_rejections"] += 1.0
                     x = result.x
                     along = (2.0 * (change + float(rhs @ x))) / max(float(x @ x), 1e-300)
