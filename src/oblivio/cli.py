@@ -7,6 +7,7 @@ import importlib
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 # Subcommands contributed by library modules: (name, module, help). Each module defines
 # ``add_arguments(parser)`` and ``run(args) -> int``.
@@ -167,14 +168,56 @@ def _run_experiment(title: str, settings, run, format_table, save_report, out: s
     return 0
 
 
+def _parse_setting(field: Any, text: str) -> Any:
+    """``text`` as a value of the settings ``field`` (int, float, bool, str, tuples, None)."""
+    kind = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", "")
+
+    def one(base: str, item: str) -> Any:
+        if base == "bool":
+            if item.lower() in ("true", "1", "yes"):
+                return True
+            if item.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(item)
+        return {"int": int, "float": float}.get(base, str)(item)
+
+    if "None" in kind and text.lower() == "none":
+        return None
+    base = next((b for b in ("bool", "int", "float") if b in kind), "str")
+    try:
+        if kind.startswith("tuple"):
+            return tuple(one(base, item.strip()) for item in text.split(",") if item.strip())
+        return one(base, text)
+    except ValueError:
+        raise ValueError(f"--set {field.name}={text!r}: expected {kind}") from None
+
+
+def _settings(settings_class: Any, quick: bool, overrides: dict[str, Any],
+              assignments: list[str]) -> Any:
+    """The experiment's settings: defaults (or ``quick()``), options, then ``--set`` pairs."""
+    import dataclasses
+
+    fields = {field.name: field for field in dataclasses.fields(settings_class)}
+    for assignment in assignments:
+        key, sep, text = assignment.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise ValueError(f"--set needs KEY=VALUE, got {assignment!r}")
+        if key not in fields:
+            raise ValueError(
+                f"--set {key}: unknown setting; known: {', '.join(sorted(fields))}"
+            )
+        overrides[key] = _parse_setting(fields[key], text.strip())
+    return settings_class.quick(**overrides) if quick else settings_class(**overrides)
+
+
 def _cmd_canary(args: argparse.Namespace) -> int:
     from oblivio.bench import canary
 
     overrides = {"corpus": args.corpus} if args.corpus else {}
     if args.epochs:
         overrides["epochs"] = args.epochs
-    settings_class = canary.CanarySettings
-    settings = settings_class.quick(**overrides) if args.quick else settings_class(**overrides)
+    settings = _settings(canary.CanarySettings, args.quick, overrides, args.set)
     return _run_experiment(
         "canary experiment",
         settings,
@@ -191,8 +234,7 @@ def _cmd_poison_repair(args: argparse.Namespace) -> int:
     overrides = {"root": args.root} if args.root else {}
     if args.dataset:
         overrides["dataset"] = args.dataset
-    settings_class = poison.PoisonSettings
-    settings = settings_class.quick(**overrides) if args.quick else settings_class(**overrides)
+    settings = _settings(poison.PoisonSettings, args.quick, overrides, args.set)
     return _run_experiment(
         "label repair experiment",
         settings,
@@ -245,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     canary.add_argument("--epochs", type=int, help="training epochs of the LSTM")
     canary.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
     canary.add_argument("--out", default="results/canary", help="results folder")
+    canary.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a setting, e.g. --set first_order_taus=1e-3,3e-3 --set damping=3 "
+        "(repeatable; see oblivio.bench.canary.CanarySettings)",
+    )
     canary.set_defaults(handler=_cmd_canary)
 
     poison = commands.add_parser(
@@ -254,6 +301,11 @@ def build_parser() -> argparse.ArgumentParser:
     poison.add_argument("--root", help="folder with the dataset's files")
     poison.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
     poison.add_argument("--out", default="results/poison-repair", help="results folder")
+    poison.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a setting, e.g. --set damping=3 --set methods=second-order,retrain "
+        "(repeatable; see oblivio.bench.poison.PoisonSettings)",
+    )
     poison.set_defaults(handler=_cmd_poison_repair)
 
     for name, module_name, help_text in PLUGIN_COMMANDS:
