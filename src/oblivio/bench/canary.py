@@ -47,8 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from oblivio._io import write_json, write_text
 from oblivio.audit.exposure import exposure_skewnormal
-from oblivio.bench._io import write_json, write_text
 from oblivio.data.text import CharCorpus, load_text, replace_secret
 
 DEFAULT_CORPUS = "../shared/data/alice/alice_in_wonderland.txt"

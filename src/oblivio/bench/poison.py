@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from oblivio.bench._io import write_json, write_text
+from oblivio._io import write_json, write_text
 from oblivio.bench.canary import step_note
 from oblivio.data import Dataset, Relabel
 
