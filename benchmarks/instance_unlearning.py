@@ -37,7 +37,6 @@ every row as JSON. Results are printed, not committed.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable
@@ -48,6 +47,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import oblivio as ob
+from oblivio._io import write_json
 from oblivio.audit import accuracy, mia_efficacy
 from oblivio.data import Dataset, Remove
 from oblivio.data.loaders import DataNotFoundError
@@ -255,8 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = run(args)
     print(f"\ntotal {time.perf_counter() - start:.0f}s")
     if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(rows, handle, indent=2)
+        write_json(args.out, rows)
     return 0
 
 

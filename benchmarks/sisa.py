@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import sys
 import time
 from typing import Any
@@ -34,6 +33,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import oblivio as ob
+from oblivio._io import write_json
 from oblivio.models import LogisticRegression
 from oblivio.unlearners import SISA, Retrain
 
@@ -221,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = run(args)
     print(f"\ntotal {time.perf_counter() - start:.0f}s")
     if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(rows, handle, indent=2)
+        write_json(args.out, rows)
     return 0
 
 

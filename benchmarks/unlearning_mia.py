@@ -36,7 +36,6 @@ for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_variable, "1")  # tiny solves are much slower with threaded BLAS
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -47,6 +46,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import oblivio as ob  # noqa: E402
+from oblivio._io import write_json  # noqa: E402
 from oblivio.audit import SklearnModel, collect_posteriors, run_unlearning_attack  # noqa: E402
 from oblivio.audit.command import build_model  # noqa: E402
 from oblivio.data import Dataset  # noqa: E402
@@ -298,8 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     print(pd.DataFrame(summary_rows).round(3).to_string(index=False))
     print(f"total time: {time.perf_counter() - start:.0f} s")
     if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(everything, handle, indent=1, default=float)
+        write_json(args.out, everything)
         print(f"written to {args.out}")
     return 0
 
