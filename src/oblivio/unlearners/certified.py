@@ -190,6 +190,12 @@ def _inverse(factor: tuple) -> np.ndarray:
     return scipy.linalg.cho_solve(factor, np.eye(size), check_finite=False)
 
 
+def _float32_shadow(X: Any) -> np.ndarray | None:
+    """float32 copy of a dense ``X`` for the per-step pass (half the memory traffic; its
+    rounding is bounded rigorously in ``_measure``); None for sparse ``X``."""
+    return None if sp.issparse(X) else np.ascontiguousarray(X, dtype=np.float32)
+
+
 def _set_inverse(cache: dict[str, Any], k: int, inverse: np.ndarray) -> None:
     """Store ``H~^-1`` (float64, kept for Woodbury updates) and its float32 copy.
 
@@ -501,9 +507,7 @@ class CertifiedRemoval(Unlearner):
         if not sp.issparse(X):
             X = np.ascontiguousarray(X, dtype=np.float64)
         self._X = X
-        # float32 shadow of a dense X for the per-step pass (half the memory traffic); its
-        # rounding is bounded rigorously in _measure (see there)
-        self._X32 = None if sp.issparse(X) else np.ascontiguousarray(X, dtype=np.float32)
+        self._X32 = _float32_shadow(X)
         self._zerr = np.zeros(K)  # bound on |Z - exact margins| from float32 updates
         self._base = data
         self._active = np.ones(len(data), dtype=bool)
@@ -1180,16 +1184,19 @@ class CertifiedRemoval(Unlearner):
             active[positions] = False
             self._active = active
             self._counts = counts
-            self._W = self._W + step["s"]
-            self._Z = step["Z_new"]
-            self._pending = (np.zeros_like(self._W) if step["pending"] is None
-                             else step["pending"])
-            self._zerr = step["zerr"]
-            if step["cache"] is not None:
-                self._cache = step["cache"]
-            self._refreshes += step["refreshed"]
+            self._take_step(step)
 
         return step, commit
+
+    def _take_step(self, step: dict[str, Any]) -> None:
+        """Move to ``w + s`` with the margins, lags and cache that ``_newton`` left."""
+        self._W = self._W + step["s"]
+        self._Z = step["Z_new"]
+        self._pending = step["pending"]
+        self._zerr = step["zerr"]
+        if step["cache"] is not None:
+            self._cache = step["cache"]
+        self._refreshes += step["refreshed"]
 
     def _edit_step(self, change: Change) -> tuple[dict[str, Any], Any]:
         """One step for Relabel / ReplaceFeatures / Replace (``Delta = -G``)."""
@@ -1200,10 +1207,9 @@ class CertifiedRemoval(Unlearner):
         positions = old.positions(change.ids)
         result = change.result
         X_new = self.model_.design_matrix(result.X)
-        X32_new = None
         if not sp.issparse(X_new):
             X_new = np.ascontiguousarray(X_new, dtype=np.float64)
-            X32_new = np.ascontiguousarray(X_new, dtype=np.float32)
+        X32_new = _float32_shadow(X_new)
         S_new = self._signs(result.y, self._K)
         rows_old = _rows(self._X, positions)
         rows_new = _rows(X_new, positions)
@@ -1234,14 +1240,7 @@ class CertifiedRemoval(Unlearner):
             self._X, self._S, self._base = X_new, S_new, result
             self._X32 = X32_new
             self._xnorm, self._R, self._gram = xnorm, R, gram
-            self._W = self._W + step["s"]
-            self._Z = step["Z_new"]
-            self._pending = (np.zeros_like(self._W) if step["pending"] is None
-                             else step["pending"])
-            self._zerr = step["zerr"]
-            if step["cache"] is not None:
-                self._cache = step["cache"]
-            self._refreshes += step["refreshed"]
+            self._take_step(step)
 
         return step, commit
 
