@@ -190,6 +190,32 @@ def _inverse(factor: tuple) -> np.ndarray:
     return scipy.linalg.cho_solve(factor, np.eye(size), check_finite=False)
 
 
+def _fused_pass(X: np.ndarray, s: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, ...]:
+    """``A = X s^T`` and ``G = (X^T (weights * A))^T`` in one pass over a dense ``X``.
+
+    Blocks of ``_BLOCK`` rows stay in cache for both products, which are computed in
+    ``X``'s dtype; the blocks' contributions to ``G`` are summed in float64.
+    """
+    n0, d = X.shape
+    K = s.shape[0]
+    s = np.ascontiguousarray(s, dtype=X.dtype)
+    weights = weights.astype(X.dtype, copy=False)
+    A = np.empty((n0, K), dtype=X.dtype)
+    G = np.zeros((K, d))
+    for start in range(0, n0, _BLOCK):
+        rows = slice(start, start + _BLOCK)
+        block = X[rows]
+        if K == 1:  # matrix-vector products are faster than (B x 1) matrices
+            part = block @ s[0]
+            A[rows, 0] = part
+            G[0] += block.T @ (weights[rows, 0] * part)
+        else:
+            part = block @ s.T
+            A[rows] = part
+            G += (block.T @ (weights[rows] * part)).T
+    return A, G
+
+
 def _float32_shadow(X: Any) -> np.ndarray | None:
     """float32 copy of a dense ``X`` for the per-step pass (half the memory traffic; its
     rounding is bounded rigorously in ``_measure``); None for sparse ``X``."""
@@ -790,25 +816,9 @@ class CertifiedRemoval(Unlearner):
         mixed = cache is not None and self._X32 is not None and X is self._X
         if mixed:
             n0, d = X.shape
-            s32 = np.ascontiguousarray(s, dtype=np.float32)
             dc = (curvature - cache["cf"] * mask) * mask
-            dc32 = dc.astype(np.float32)
-            A32 = np.empty((n0, K), dtype=np.float32)
-            G = np.zeros((K, d))
-            X32 = self._X32
-            for start in range(0, n0, _BLOCK):
-                rows = slice(start, start + _BLOCK)
-                block = X32[rows]
-                if K == 1:  # matrix-vector products are faster than (B x 1) matrices
-                    part = block @ s32[0]
-                    A32[rows, 0] = part
-                    G[0] += block.T @ (dc32[rows, 0] * part)
-                else:
-                    part = block @ s32.T
-                    A32[rows] = part
-                    G += (block.T @ (dc32[rows] * part)).T
+            A32, HS = _fused_pass(self._X32, s, dc)
             A_full = A32.astype(np.float64)
-            HS = G
             s_norm = np.linalg.norm(s, axis=1)
             e_a = _gamma(d + 3) * self._R * s_norm
             weighted = np.abs(dc * A_full).sum(axis=0)
@@ -826,23 +836,7 @@ class CertifiedRemoval(Unlearner):
             HS = np.asarray(X.T @ (curvature * A_full * mask)).T
             HS += lam * counts[:, None] * s
         else:
-            n0 = X.shape[0]
-            A_full = np.empty((n0, K))
-            HS = np.zeros_like(s)
-            if K == 1:  # matrix-vector products are faster than (B x 1) matrices
-                s0, c0, a0, h0 = s[0], curvature[:, 0], A_full[:, 0], HS[0]
-                for start in range(0, n0, _BLOCK):  # a block stays in cache for both
-                    block = X[start:start + _BLOCK]
-                    part = block @ s0
-                    a0[start:start + _BLOCK] = part
-                    h0 += block.T @ (c0[start:start + _BLOCK] * part)
-            else:
-                for start in range(0, n0, _BLOCK):
-                    rows = slice(start, start + _BLOCK)
-                    block = X[rows]
-                    part = block @ s.T
-                    A_full[rows] = part
-                    HS += (block.T @ (curvature[rows] * part)).T
+            A_full, HS = _fused_pass(X, s, curvature)
             HS += lam * counts[:, None] * s
         A = A_full * mask
         r2 = HS - Delta
