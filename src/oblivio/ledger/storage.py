@@ -224,11 +224,11 @@ class SQLiteStorage(Storage):
             connection.execute("INSERT INTO snapshots VALUES (0, ?, ?)", (snapshot, now))
 
     def meta(self) -> dict[str, str]:
-        with self._connect() as connection:
-            try:
+        try:
+            with self._connect() as connection:
                 rows = connection.execute("SELECT key, value FROM meta").fetchall()
-            except sqlite3.DatabaseError as error:
-                raise ValueError(f"{self.path} is not an oblivio ledger ({error})") from None
+        except sqlite3.DatabaseError as error:
+            raise ValueError(f"{self.path} is not an oblivio ledger ({error})") from None
         meta = dict(rows)
         if meta.get("schema") != _SCHEMA_VERSION:
             raise ValueError(
