@@ -192,9 +192,8 @@ def _parse_setting(field: Any, text: str) -> Any:
         raise ValueError(f"--set {field.name}={text!r}: expected {kind}") from None
 
 
-def _settings(
-    settings_class: Any, quick: bool, overrides: dict[str, Any], assignments: list[str]
-) -> Any:
+def _settings(settings_class: Any, quick: bool, overrides: dict[str, Any],
+              assignments: list[str]) -> Any:
     """The experiment's settings: defaults (or ``quick()``), options, then ``--set`` pairs."""
     import dataclasses
 
@@ -205,7 +204,9 @@ def _settings(
         if not sep:
             raise ValueError(f"--set needs KEY=VALUE, got {assignment!r}")
         if key not in fields:
-            raise ValueError(f"--set {key}: unknown setting; known: {', '.join(sorted(fields))}")
+            raise ValueError(
+                f"--set {key}: unknown setting; known: {', '.join(sorted(fields))}"
+            )
         overrides[key] = _parse_setting(fields[key], text.strip())
     return settings_class.quick(**overrides) if quick else settings_class(**overrides)
 
@@ -287,10 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     canary.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
     canary.add_argument("--out", default="results/canary", help="results folder")
     canary.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
+        "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override a setting, e.g. --set first_order_taus=1e-3,3e-3 --set damping=3 "
         "(repeatable; see oblivio.bench.canary.CanarySettings)",
     )
@@ -304,10 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     poison.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
     poison.add_argument("--out", default="results/poison-repair", help="results folder")
     poison.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
+        "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override a setting, e.g. --set damping=3 --set methods=second-order,retrain "
         "(repeatable; see oblivio.bench.poison.PoisonSettings)",
     )

@@ -236,17 +236,11 @@ def plot_certificate_budget(
     used = np.array([c.budget_used for c in certificates])
     ax.plot(steps, used, color="C0", label="accumulated bound")
     last = certificates[-1]
-    ax.axhline(
-        last.budget_total, color="C3", linewidth=1.0, label=f"budget at epsilon = {last.epsilon:g}"
-    )
+    ax.axhline(last.budget_total, color="C3", linewidth=1.0,
+               label=f"budget at epsilon = {last.epsilon:g}")
     for i, epsilon in enumerate(epsilons):
-        ax.axhline(
-            budget(epsilon, last.delta, last.sigma),
-            color=f"C{4 + i}",
-            linestyle="--",
-            linewidth=0.8,
-            label=f"budget at epsilon = {epsilon:g}",
-        )
+        ax.axhline(budget(epsilon, last.delta, last.sigma), color=f"C{4 + i}", linestyle="--",
+                   linewidth=0.8, label=f"budget at epsilon = {epsilon:g}")
     for step, result in zip(steps, results, strict=True):
         if result.retrained:
             ax.axvline(step, color="0.5", linestyle=":", linewidth=0.8)

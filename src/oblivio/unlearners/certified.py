@@ -361,17 +361,13 @@ class CertifiedRemoval(Unlearner):
                 "CertifiedRemoval needs an oblivio.models.LogisticRegression, got "
                 f"{type(self.model).__name__}"
             )
-        if not (
-            isinstance(self.epsilon, (int, float))
-            and np.isfinite(self.epsilon)
-            and self.epsilon > 0
-        ):
+        if not (isinstance(self.epsilon, (int, float)) and np.isfinite(self.epsilon)
+                and self.epsilon > 0):
             raise ValueError(f"epsilon must be a positive finite number, got {self.epsilon!r}")
         if not (isinstance(self.delta, (int, float)) and 0 < self.delta < 1):
             raise ValueError(f"delta must lie strictly between 0 and 1, got {self.delta!r}")
-        if not (
-            isinstance(self.sigma, (int, float)) and np.isfinite(self.sigma) and self.sigma >= 0
-        ):
+        if not (isinstance(self.sigma, (int, float)) and np.isfinite(self.sigma)
+                and self.sigma >= 0):
             raise ValueError(f"sigma must be a finite number >= 0, got {self.sigma!r}")
         if self.l2 is not None and not (np.isfinite(self.l2) and self.l2 > 0):
             raise ValueError(f"l2 must be None or a positive finite number, got {self.l2!r}")
@@ -546,8 +542,7 @@ class CertifiedRemoval(Unlearner):
         self._Z = np.asarray(X @ W.T)
         self._R = float(_row_norms(X).max()) if len(data) else 0.0
         self._noise = (
-            np.zeros((K, D))
-            if model.noise is None
+            np.zeros((K, D)) if model.noise is None
             else np.asarray(model.noise, dtype=np.float64).reshape(K, D)
         )
         mask = self._mask()
@@ -597,12 +592,7 @@ class CertifiedRemoval(Unlearner):
         return H
 
     def _fresh_cache(
-        self,
-        X: Any,
-        Z: np.ndarray,
-        mask: np.ndarray,
-        counts: np.ndarray,
-        classes: Any,
+        self, X: Any, Z: np.ndarray, mask: np.ndarray, counts: np.ndarray, classes: Any,
         cache: dict[str, Any] | None,
     ) -> dict[str, Any] | None:
         """Amortised mode: Hessian ``H~`` and its Cholesky factor at the current weights.
@@ -626,29 +616,17 @@ class CertifiedRemoval(Unlearner):
             cache["nf"][k] = counts[k]
         return cache
 
-    def _copy_cache(
-        self, cache: dict[str, Any] | None, Z: np.ndarray, mask: np.ndarray, counts: np.ndarray
-    ) -> dict[str, Any]:
+    def _copy_cache(self, cache: dict[str, Any] | None, Z: np.ndarray, mask: np.ndarray,
+                    counts: np.ndarray) -> dict[str, Any]:
         K = self._K
         if cache is None:
-            return {
-                "H": [None] * K,
-                "F": [None] * K,
-                "Hinv": [None] * K,
-                "Hinv32": [None] * K,
-                "cf": self._curvature(Z, mask),
-                "fmask": mask.copy(),
-                "nf": counts.copy(),
-            }
-        return {
-            "H": list(cache["H"]),
-            "F": list(cache["F"]),
-            "Hinv": list(cache["Hinv"]),
-            "Hinv32": list(cache["Hinv32"]),
-            "cf": cache["cf"].copy(),
-            "fmask": cache["fmask"].copy(),
-            "nf": cache["nf"].copy(),
-        }
+            return {"H": [None] * K, "F": [None] * K, "Hinv": [None] * K, "Hinv32": [None] * K,
+                    "cf": self._curvature(Z, mask),
+                    "fmask": mask.copy(), "nf": counts.copy()}
+        return {"H": list(cache["H"]), "F": list(cache["F"]), "Hinv": list(cache["Hinv"]),
+                "Hinv32": list(cache["Hinv32"]),
+                "cf": cache["cf"].copy(),
+                "fmask": cache["fmask"].copy(), "nf": cache["nf"].copy()}
 
     def _partial_refresh(
         self, X: Any, Z: np.ndarray, mask: np.ndarray, counts: np.ndarray, classes: Any
@@ -690,12 +668,7 @@ class CertifiedRemoval(Unlearner):
         return cache
 
     def _residual(
-        self,
-        X: Any,
-        Z: np.ndarray,
-        mask: np.ndarray,
-        W: np.ndarray,
-        counts: np.ndarray,
+        self, X: Any, Z: np.ndarray, mask: np.ndarray, W: np.ndarray, counts: np.ndarray,
         loss_grad: np.ndarray | None = None,
     ) -> tuple[float, float]:
         """Exact ``||grad L_b(W; data)||`` (stacked over classes) and a rounding allowance."""
@@ -704,11 +677,8 @@ class CertifiedRemoval(Unlearner):
             loss_grad = np.asarray(X.T @ slopes).T
         penalty = self._l2 * counts[:, None] * W
         grad = loss_grad + penalty + self._noise
-        scale = (
-            float(np.linalg.norm(loss_grad))
-            + float(np.linalg.norm(penalty))
-            + float(np.linalg.norm(self._noise))
-        )
+        scale = (float(np.linalg.norm(loss_grad)) + float(np.linalg.norm(penalty))
+                 + float(np.linalg.norm(self._noise)))
         allowance = 64.0 * (X.shape[0] + X.shape[1]) * _UNIT * scale
         return float(np.linalg.norm(grad)), allowance
 
@@ -748,9 +718,8 @@ class CertifiedRemoval(Unlearner):
             cache["cf"][rows, k] = 0.0
         return cache
 
-    def _cached_operator(
-        self, X: Any, mask: np.ndarray, counts: np.ndarray, cache: dict[str, Any], k: int
-    ) -> tuple[Any, int]:
+    def _cached_operator(self, X: Any, mask: np.ndarray, counts: np.ndarray,
+                         cache: dict[str, Any], k: int) -> tuple[Any, int]:
         """``v -> Hf v`` for class ``k`` in float64, ``O(d^2 + r d)``, and ``r`` (see below).
 
         ``Hf = H~ - sum_{removed since} cf_i x_i x_i^T - lam (nf - n') I`` is the cached
@@ -768,14 +737,8 @@ class CertifiedRemoval(Unlearner):
         return apply, rows.size
 
     def _cached_solve(
-        self,
-        X: Any,
-        mask: np.ndarray,
-        counts: np.ndarray,
-        rhs: np.ndarray,
-        touched: Any,
-        cache: dict[str, Any],
-        rtol: float = 1e-10,
+        self, X: Any, mask: np.ndarray, counts: np.ndarray, rhs: np.ndarray, touched: Any,
+        cache: dict[str, Any], rtol: float = 1e-10,
     ) -> tuple[np.ndarray, int, np.ndarray]:
         """Solve ``Hf s = rhs`` by iterative refinement preconditioned with ``H~``.
 
@@ -814,20 +777,10 @@ class CertifiedRemoval(Unlearner):
         return s, iterations, left
 
     def _measure(
-        self,
-        X: Any,
-        Z: np.ndarray,
-        p_norm: np.ndarray,
-        S: np.ndarray,
-        mask: np.ndarray,
-        counts: np.ndarray,
-        s: np.ndarray,
-        Delta: np.ndarray,
-        xnorm: np.ndarray,
-        p_image: np.ndarray | None = None,
-        *,
-        zerr: np.ndarray | None = None,
-        cache: dict[str, Any] | None = None,
+        self, X: Any, Z: np.ndarray, p_norm: np.ndarray, S: np.ndarray,
+        mask: np.ndarray, counts: np.ndarray, s: np.ndarray, Delta: np.ndarray,
+        xnorm: np.ndarray, p_image: np.ndarray | None = None, *,
+        zerr: np.ndarray | None = None, cache: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """One pass over ``X``: ``a = X s``, ``T2 >= ||H'(w) s - Delta||`` and ``T1``.
 
@@ -897,19 +850,8 @@ class CertifiedRemoval(Unlearner):
         err = xnorm * (lag + GAMMA * zerr * a2) + hs_err
         T2 = np.linalg.norm(r2, axis=1) + err
         T1 = 0.5 * GAMMA * xnorm * a4**2
-        return {
-            "A_full": A_full,
-            "A": A,
-            "a2": a2,
-            "a4": a4,
-            "T1": T1,
-            "T2": T2,
-            "r2": r2,
-            "err": err,
-            "curvature": curvature,
-            "e_a": e_a,
-            "zerr": zerr,
-        }
+        return {"A_full": A_full, "A": A, "a2": a2, "a4": a4, "T1": T1, "T2": T2, "r2": r2,
+                "err": err, "curvature": curvature, "e_a": e_a, "zerr": zerr}
 
     def _image_norm(self, V: np.ndarray, xnorm: np.ndarray) -> np.ndarray:
         """Upper bounds on ``||X' v_k||_2`` per class: ``sqrt(v^T G v)`` or ``||X'||_2 ||v||``."""
@@ -922,14 +864,8 @@ class CertifiedRemoval(Unlearner):
         return np.minimum(plain, np.sqrt(np.maximum(quad, 0.0) + slack))
 
     def _deferred_correction(
-        self,
-        X: Any,
-        mask: np.ndarray,
-        counts: np.ndarray,
-        m: dict[str, Any],
-        classes: list[int],
-        xnorm: np.ndarray,
-        p_norm: np.ndarray,
+        self, X: Any, mask: np.ndarray, counts: np.ndarray, m: dict[str, Any],
+        classes: list[int], xnorm: np.ndarray, p_norm: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """One correction ``s <- s - u``, ``Hf u = r2``, bounded without another pass.
 
@@ -947,9 +883,8 @@ class CertifiedRemoval(Unlearner):
         rhs = np.zeros_like(m["r2"])
         rhs[classes] = m["r2"][classes]
         # what the solve leaves is accounted exactly (``left``): modest accuracy suffices
-        u, iterations, left = self._cached_solve(
-            X, mask, counts, rhs, classes, self._cache, rtol=1e-3
-        )
+        u, iterations, left = self._cached_solve(X, mask, counts, rhs, classes, self._cache,
+                                                 rtol=1e-3)
         shift = m["curvature"] - self._cache["cf"] * mask  # lagging c minus cf
         root_n = np.sqrt(counts.astype(np.float64))
         drift_2 = np.linalg.norm(shift, axis=0) + GAMMA * (m["p_image"] + root_n * m["zerr"])
@@ -1024,9 +959,8 @@ class CertifiedRemoval(Unlearner):
                 cache = self._cache = folded
             # solve error lands in T2, which is measured and, if large, corrected
             rtol = 1e-6 if self.refine >= 1 else 1e-10
-            s, iterations, _ = self._cached_solve(
-                X, mask, counts, Delta, touched, self._cache, rtol=rtol
-            )
+            s, iterations, _ = self._cached_solve(X, mask, counts, Delta, touched, self._cache,
+                                                  rtol=rtol)
 
         def measure() -> dict[str, Any]:
             p_norm = np.linalg.norm(pending, axis=1)
@@ -1034,9 +968,8 @@ class CertifiedRemoval(Unlearner):
             current = None
             if self.hessian == "amortized":
                 current = self._cache if cache is None else cache
-            out = self._measure(
-                X, Z, p_norm, S, mask, counts, s, Delta, xnorm, p_image, zerr=zerr, cache=current
-            )
+            out = self._measure(X, Z, p_norm, S, mask, counts, s, Delta, xnorm, p_image,
+                                zerr=zerr, cache=current)
             out["p_image"] = p_image
             return out
 
@@ -1054,11 +987,11 @@ class CertifiedRemoval(Unlearner):
             stale = [k for k in touched if is_stale(k)]
             if stale and self.refine >= 1:
                 p_norm = np.linalg.norm(pending, axis=1)
-                u, T1, T2, more = self._deferred_correction(
-                    X, mask, counts, m, stale, xnorm, p_norm
-                )
+                u, T1, T2, more = self._deferred_correction(X, mask, counts, m, stale, xnorm,
+                                                            p_norm)
                 iterations += more
-                accepted = [k for k in stale if T2[k] <= self.refresh * max(T1[k], floor) + tiny[k]]
+                accepted = [k for k in stale
+                            if T2[k] <= self.refresh * max(T1[k], floor) + tiny[k]]
                 corrected = len(accepted)
                 if accepted:
                     deferred = np.zeros_like(s)
@@ -1092,9 +1025,8 @@ class CertifiedRemoval(Unlearner):
                     m = measure()
                     stale = [k for k in stale if is_stale(k)]
             if stale:
-                cache = self._fresh_cache(
-                    X, Z, mask, counts, stale, self._cache if cache is None else cache
-                )
+                cache = self._fresh_cache(X, Z, mask, counts, stale,
+                                          self._cache if cache is None else cache)
                 refreshed += len(stale)
                 full_refreshes = len(stale)
                 for k in stale:
@@ -1114,9 +1046,9 @@ class CertifiedRemoval(Unlearner):
         new_pending = pending if deferred is None else pending + deferred
         Z_new = Z + m["A_full"]
         new_zerr = zerr + m["e_a"]
-        lag_next = (
-            xnorm * GAMMA * (self._R * np.linalg.norm(new_pending, axis=1) + new_zerr) * m["a2"]
-        )
+        lag_next = xnorm * GAMMA * (
+            self._R * np.linalg.norm(new_pending, axis=1) + new_zerr
+        ) * m["a2"]
         if np.any(lag_next > 0.05 * T1 + tiny):
             Z_new = np.asarray(X @ (self._W + s).T)  # exact margins at w + s
             new_pending = np.zeros_like(new_pending)
@@ -1178,21 +1110,13 @@ class CertifiedRemoval(Unlearner):
 
     def _forget(self, change: Change) -> Outcome:
         self._W = self.model_.coef_.copy()
-        diagnostics = {
-            "steps": 0.0,
-            "step_bound": 0.0,
-            "correction": 0.0,
-            "bound_cor1": 0.0,
-            "refreshes": 0.0,
-            "full_refreshes": 0.0,
-            "corrections": 0.0,
-            "solver_iterations": 0.0,
-        }
+        diagnostics = {"steps": 0.0, "step_bound": 0.0, "correction": 0.0,
+                       "bound_cor1": 0.0, "refreshes": 0.0, "full_refreshes": 0.0,
+                       "corrections": 0.0, "solver_iterations": 0.0}
         if change.is_removal:
             positions = self._base.positions(change.ids)
-            groups = (
-                [positions] if self.batch else [positions[i : i + 1] for i in range(positions.size)]
-            )
+            groups = [positions] if self.batch else [positions[i:i + 1]
+                                                      for i in range(positions.size)]
             steps = (self._removal_step(group) for group in groups)
         else:
             steps = iter([self._edit_step(change)])
@@ -1229,12 +1153,8 @@ class CertifiedRemoval(Unlearner):
                 )
             diagnostics["gradient_residual"] = residual
         diagnostics["budget_left"] = self.budget_left_
-        return Outcome(
-            retrained=retrained,
-            certificate=self._certificate(),
-            diagnostics=diagnostics,
-            exact=False,
-        )
+        return Outcome(retrained=retrained, certificate=self._certificate(),
+                       diagnostics=diagnostics, exact=False)
 
     def _removal_step(self, positions: np.ndarray) -> tuple[dict[str, Any], Any]:
         W = self._W
@@ -1250,18 +1170,8 @@ class CertifiedRemoval(Unlearner):
         Delta = np.asarray(X_removed.T @ slopes).T
         Delta = Delta + self._l2 * m[:, None] * W
         delta_max = m * (self._l2 * np.linalg.norm(W, axis=1) + self._R)
-        step = self._newton(
-            self._X,
-            self._Z,
-            self._S,
-            new_mask,
-            counts,
-            Delta,
-            delta_max,
-            self._xnorm,
-            pending=self._pending,
-            zerr=self._zerr,
-        )
+        step = self._newton(self._X, self._Z, self._S, new_mask, counts, Delta, delta_max,
+                            self._xnorm, pending=self._pending, zerr=self._zerr)
 
         def commit(step: dict[str, Any]) -> None:
             active = self._active.copy()
@@ -1298,15 +1208,13 @@ class CertifiedRemoval(Unlearner):
         rows_old = _rows(self._X, positions)
         rows_new = _rows(X_new, positions)
         Z_rows_new = np.asarray(rows_new @ W.T)
-        Delta = (
-            np.asarray(rows_old.T @ self._loss_slope(self._Z[positions], self._S[positions])).T
-            - np.asarray(rows_new.T @ self._loss_slope(Z_rows_new, S_new[positions])).T
-        )
+        Delta = np.asarray(
+            rows_old.T @ self._loss_slope(self._Z[positions], self._S[positions])
+        ).T - np.asarray(rows_new.T @ self._loss_slope(Z_rows_new, S_new[positions])).T
         Z = self._Z.copy()
         Z[positions] = Z_rows_new
         features_changed = (
-            (rows_old != rows_new).nnz > 0
-            if sp.issparse(rows_old)
+            (rows_old != rows_new).nnz > 0 if sp.issparse(rows_old)
             else not np.array_equal(rows_old, rows_new)
         )
         xnorm = self._xnorm
@@ -1319,9 +1227,8 @@ class CertifiedRemoval(Unlearner):
                 extra = rows_new.T @ rows_new
                 gram = gram + (np.asarray(extra.todense()) if sp.issparse(extra) else extra)
         delta_max = np.full(self._K, 2.0 * len(positions) * R)
-        step = self._newton(
-            X_new, Z, S_new, self._mask(), self._counts, Delta, delta_max, xnorm, refresh_all=True
-        )
+        step = self._newton(X_new, Z, S_new, self._mask(), self._counts, Delta, delta_max,
+                            xnorm, refresh_all=True)
 
         def commit(step: dict[str, Any]) -> None:
             self._X, self._S, self._base = X_new, S_new, result
@@ -1371,29 +1278,10 @@ class CertifiedRemoval(Unlearner):
         return self._member[self._active].copy()
 
     # -- failure safety and persistence ------------------------------------------------
-    _STATE_ATTRS = (
-        "_X",
-        "_X32",
-        "_zerr",
-        "_Z",
-        "_S",
-        "_base",
-        "_active",
-        "_member",
-        "_counts",
-        "_xnorm",
-        "_R",
-        "_noise",
-        "_cache",
-        "_pending",
-        "_gram",
-        "_refreshes",
-        "budget_used_",
-        "_initial_residual",
-        "_K",
-        "_D",
-        "_l2",
-    )
+    _STATE_ATTRS = ("_X", "_X32", "_zerr", "_Z", "_S", "_base", "_active", "_member", "_counts",
+                    "_xnorm",
+                    "_R", "_noise", "_cache", "_pending", "_gram", "_refreshes", "budget_used_",
+                    "_initial_residual", "_K", "_D", "_l2")
 
     def _snapshot(self) -> Any:
         state = {name: getattr(self, name) for name in self._STATE_ATTRS}
