@@ -155,9 +155,9 @@ class Ledger:
         # Built under a temporary name and renamed, so a crash never leaves half a ledger.
         staging = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
         try:
-            SQLiteStorage(staging, create=True).initialize(
-                meta, unlearner.train_.ids, name, meta["created_at"]
-            )
+            fresh = SQLiteStorage(staging, create=True)
+            fresh.initialize(meta, unlearner.train_.ids, name, meta["created_at"])
+            fresh.close()
             for suffix in ("-wal", "-shm"):
                 Path(str(staging) + suffix).unlink(missing_ok=True)
             if path.exists():
@@ -558,6 +558,17 @@ class Ledger:
                     )
         # Continue from what was served where it is stored, else from the replay.
         return check, (stored if stored is not None else replay)
+
+    def close(self) -> None:
+        """Close the database connections (the ledger can be opened again)."""
+        with self._lock:
+            self._storage.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __repr__(self) -> str:
         return (
