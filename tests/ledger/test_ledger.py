@@ -269,3 +269,22 @@ def test_missing_snapshot_is_an_error(tmp_path, retrain_unlearner):
     (path.parent / "l.db.models" / name / "arrays.npz").unlink()
     with pytest.raises(SnapshotError, match="does not match its hash"):
         ob.Ledger.open(path)
+
+
+def test_feature_requests_record_the_rows_they_edited(tmp_path, retrain_unlearner, binary_data):
+    ledger = ob.Ledger.create(tmp_path / "l.db", retrain_unlearner)
+    column = np.asarray(binary_data.X)[:, 20]
+    edited = binary_data.ids[column != 0]
+    assert 0 < edited.size < len(binary_data)  # the request touches some rows, not all
+    entry = ledger.submit(ob.ReplaceFeatures(features=[20]), request_id="f")
+    assert entry.affected_ids == tuple(int(i) for i in edited)
+    assert entry.request == {
+        "kind": "replace-features",
+        "features": [20],
+        "value": 0.0,
+        "ids": None,
+    }
+    assert ledger.status(int(edited[0])).state == "edited"
+    assert ledger.status(int(binary_data.ids[column == 0][0])).state == "present"
+    assert not np.asarray(ledger.unlearner().train_.X)[:, 20].any()
+    assert ledger.verify().ok

@@ -301,9 +301,7 @@ class Ledger:
         state, seq = found
         if seq is None:
             return RecordStatus(record_id=record_id, state=state)
-        entry = next(
-            LedgerEntry.from_row(r) for r in self._storage.entries(["applied"]) if r["seq"] == seq
-        )
+        entry = LedgerEntry.from_row(self._storage.entry_at(seq))
         return RecordStatus(
             record_id=record_id,
             state=state,

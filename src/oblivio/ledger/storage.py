@@ -100,6 +100,10 @@ class Storage(ABC):
         """The entry row of ``request_id``, or None."""
 
     @abstractmethod
+    def entry_at(self, seq: int) -> dict[str, Any] | None:
+        """The entry row with arrival number ``seq``, or None."""
+
+    @abstractmethod
     def entries(self, statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Entry rows in arrival order (``seq``), optionally only some statuses."""
 
@@ -252,6 +256,11 @@ class SQLiteStorage(Storage):
             row = connection.execute(
                 "SELECT * FROM entries WHERE request_id = ?", (request_id,)
             ).fetchone()
+        return _decode(row)
+
+    def entry_at(self, seq: int) -> dict[str, Any] | None:
+        with self._connect() as connection:
+            row = connection.execute("SELECT * FROM entries WHERE seq = ?", (seq,)).fetchone()
         return _decode(row)
 
     def entries(self, statuses: Sequence[str] | None = None) -> list[dict[str, Any]]:
