@@ -49,9 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     commands = parser.add_subparsers(dest="ledger_command", metavar="ACTION")
     commands.required = True
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("ledger", help="SQLite file, or a PostgreSQL URL (postgresql+psycopg://...)")
+    where.add_argument(
+        "--store", help="model store folder (default LEDGER.models; needed for URLs)"
+    )
 
-    init = commands.add_parser("init", help="create a ledger with a trained unlearner")
-    init.add_argument("ledger", help="database file to create (models go to LEDGER.models/)")
+    init = commands.add_parser(
+        "init", parents=[where], help="create a ledger with a trained unlearner"
+    )
     source = init.add_mutually_exclusive_group(required=True)
     source.add_argument("--from", dest="saved", help="folder of a saved unlearner (u.save)")
     source.add_argument("--dataset", help="train a logistic regression on this dataset")
@@ -76,8 +82,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prune", action="store_true", help="keep only the current version after every request"
     )
 
-    submit = commands.add_parser("submit", help="apply one request (idempotent by --id)")
-    submit.add_argument("ledger")
+    submit = commands.add_parser(
+        "submit", parents=[where], help="apply one request (idempotent by --id)"
+    )
     submit.add_argument("--id", dest="request_id", help="request id (default: a new UUID)")
     kind = submit.add_mutually_exclusive_group(required=True)
     kind.add_argument("--remove", type=_ints, metavar="IDS", help="record ids to forget")
@@ -96,26 +103,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="rows for --replace-features (default: where a feature is non-zero)",
     )
 
-    status = commands.add_parser("status", help="is a record forgotten, and by which request")
-    status.add_argument("ledger")
+    status = commands.add_parser(
+        "status", parents=[where], help="is a record forgotten, and by which request"
+    )
     status.add_argument("record_id", type=int)
 
-    history = commands.add_parser("history", help="every request in arrival order")
-    history.add_argument("ledger")
+    history = commands.add_parser("history", parents=[where], help="every request in arrival order")
     history.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    verify = commands.add_parser("verify", help="replay the ledger and check every version")
-    verify.add_argument("ledger")
+    commands.add_parser(
+        "verify", parents=[where], help="replay the ledger and check every version"
+    )
 
-    prune = commands.add_parser("prune", help="delete every stored version but the current")
-    prune.add_argument("ledger")
+    commands.add_parser(
+        "prune", parents=[where], help="delete every stored version but the current"
+    )
 
 
 def _init(args: argparse.Namespace) -> int:
     from oblivio import datasets, models, unlearners
     from oblivio.ledger import Ledger
 
-    if Path(args.ledger).exists():  # before any training
+    if "://" not in args.ledger and Path(args.ledger).exists():  # before any training
         raise ValueError(f"{args.ledger} already exists (open it, or choose a new file)")
     if args.saved:
         unlearner = unlearners.Unlearner.load(args.saved)
@@ -133,7 +142,11 @@ def _init(args: argparse.Namespace) -> int:
         model = models.LogisticRegression(l2=args.l2)
         unlearner = unlearners.create(args.method, model, **method_options).fit(split.train)
     ledger = Ledger.create(
-        args.ledger, unlearner, checkpoint_every=args.checkpoint_every, prune=args.prune
+        args.ledger,
+        unlearner,
+        store=args.store,
+        checkpoint_every=args.checkpoint_every,
+        prune=args.prune,
     )
     print(f"created {args.ledger}: {ledger.method}, {len(unlearner.train_)} records, version 0")
     return 0
@@ -151,7 +164,7 @@ def _submit(args: argparse.Namespace) -> int:
         request = Relabel(ids=args.relabel, labels=args.labels)
     else:
         request = ReplaceFeatures(features=args.replace_features, value=args.value, ids=args.ids)
-    entry = Ledger.open(args.ledger).submit(request, request_id=args.request_id)
+    entry = Ledger.open(args.ledger, store=args.store).submit(request, request_id=args.request_id)
     print(json.dumps(entry.to_dict(), indent=2, default=float))
     return 0
 
@@ -159,7 +172,7 @@ def _submit(args: argparse.Namespace) -> int:
 def _history(args: argparse.Namespace) -> int:
     from oblivio.ledger import Ledger
 
-    entries = Ledger.open(args.ledger).history()
+    entries = Ledger.open(args.ledger, store=args.store).history()
     if args.json:
         for entry in entries:
             print(json.dumps(entry.to_dict(), default=float))
@@ -206,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
         return _submit(args)
     if args.ledger_command == "history":
         return _history(args)
-    ledger = Ledger.open(args.ledger)
+    ledger = Ledger.open(args.ledger, store=args.store)
     if args.ledger_command == "status":
         print(json.dumps(ledger.status(args.record_id).to_dict(), indent=2, default=float))
         return 0

@@ -35,6 +35,27 @@ log = logging.getLogger("oblivio.ledger")
 _EXACT_TOLERANCE = 1e-6
 
 
+def _is_url(path: str | os.PathLike) -> bool:
+    return "://" in str(path)
+
+
+def _create_sqlite(path: Path, meta: dict[str, str], ids: Any, snapshot: str) -> None:
+    """Build the database under a temporary name and rename it: never half a ledger."""
+    staging = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
+    try:
+        fresh = SQLiteStorage(staging, create=True)
+        fresh.initialize(meta, ids, snapshot, meta["created_at"])
+        fresh.close()
+        for suffix in ("-wal", "-shm"):
+            Path(str(staging) + suffix).unlink(missing_ok=True)
+        if path.exists():
+            raise FileExistsError(f"{path} already exists")
+        os.replace(staging, path)
+    finally:
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(staging) + suffix).unlink(missing_ok=True)
+
+
 class RequestIdConflictError(RequestError):
     """A request id that was already used for a different request."""
 
@@ -101,8 +122,20 @@ class Ledger:
 
     # -- construction ----------------------------------------------------------------------
     @staticmethod
-    def _store_for(path: Path, store: str | os.PathLike | None) -> Path:
-        return Path(store) if store is not None else path.with_name(path.name + ".models")
+    def _store_for(path: str | os.PathLike, store: str | os.PathLike | None) -> Path:
+        if store is not None:
+            return Path(store)
+        if _is_url(path):
+            raise ValueError("a ledger in a database URL needs store= (the model store folder)")
+        return Path(path).with_name(Path(path).name + ".models")
+
+    @staticmethod
+    def _storage_for(path: str | os.PathLike, create: bool = False) -> Storage:
+        if _is_url(path):
+            from oblivio.ledger.sql import SQLAlchemyStorage
+
+            return SQLAlchemyStorage(str(path), create=create)
+        return SQLiteStorage(path, create=create)
 
     @classmethod
     def create(
@@ -119,12 +152,14 @@ class Ledger:
 
         Parameters
         ----------
-        path : path
-            The SQLite file to create (must not exist).
+        path : path or str
+            The SQLite file to create (must not exist), or a PostgreSQL SQLAlchemy URL
+            (``postgresql+psycopg://user@host/db``; needs ``store`` and the extra
+            ``postgres``).
         unlearner : Unlearner
             A fitted unlearner; the ledger keeps its own copy (saved in the store).
         store : path, optional
-            Model store folder (default ``<path>.models``).
+            Model store folder (default ``<path>.models``; required with a URL).
         checkpoint_every : int
             Save a snapshot every this many versions (default 1: every version). Versions
             in between are rebuilt on open by replaying their requests from the last
@@ -137,14 +172,13 @@ class Ledger:
         lock_timeout : float
             Seconds to wait for another writer before raising ``LedgerBusyError``.
         """
-        path = Path(path)
         if not isinstance(unlearner, Unlearner):
             raise TypeError(f"Ledger.create needs an Unlearner, got {type(unlearner).__name__}")
         unlearner._check_fitted()
         if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
         store_path = cls._store_for(path, store)
-        SQLiteStorage(path, create=True)  # refuses an existing file before any work
+        storage = cls._storage_for(path, create=True)  # refuses an existing ledger first
         name = snapshots.save(unlearner, store_path)
         meta = {
             "method": unlearner.name,
@@ -152,20 +186,11 @@ class Ledger:
             "checkpoint_every": str(1 if prune else checkpoint_every),
             "prune": "1" if prune else "0",
         }
-        # Built under a temporary name and renamed, so a crash never leaves half a ledger.
-        staging = path.with_name(f".{path.name}.creating-{uuid.uuid4().hex[:8]}")
-        try:
-            fresh = SQLiteStorage(staging, create=True)
-            fresh.initialize(meta, unlearner.train_.ids, name, meta["created_at"])
-            fresh.close()
-            for suffix in ("-wal", "-shm"):
-                Path(str(staging) + suffix).unlink(missing_ok=True)
-            if path.exists():
-                raise FileExistsError(f"{path} already exists")
-            os.replace(staging, path)
-        finally:
-            for suffix in ("", "-wal", "-shm"):
-                Path(str(staging) + suffix).unlink(missing_ok=True)
+        if _is_url(path):  # one transaction, DDL included
+            storage.initialize(meta, unlearner.train_.ids, name, meta["created_at"])
+            storage.close()
+        else:
+            _create_sqlite(Path(path), meta, unlearner.train_.ids, name)
         return cls.open(path, store=store, model=unlearner.model, lock_timeout=lock_timeout)
 
     @classmethod
@@ -182,9 +207,11 @@ class Ledger:
         ``model`` is an untrained template of the same architecture, needed for torch
         models (logistic regression is rebuilt from the saved options).
         """
-        path = Path(path)
         ledger = cls(
-            SQLiteStorage(path), cls._store_for(path, store), model=model, lock_timeout=lock_timeout
+            cls._storage_for(path),
+            cls._store_for(path, store),
+            model=model,
+            lock_timeout=lock_timeout,
         )
         with ledger._writing():
             pass  # recovery and loading happen on entering the writer section

@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "endpoint needs 'Authorization: Bearer TOKEN' (token from $OBLIVIO_TOKEN or "
         "--token-file). Needs the extra 'serve' (pip install 'oblivio[serve]')."
     )
-    parser.add_argument("ledger", help="ledger database (created with 'oblivio ledger init')")
+    parser.add_argument("ledger", help="ledger (SQLite file or PostgreSQL URL)")
+    parser.add_argument("--store", help="model store folder (default LEDGER.models)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     parser.add_argument("--token-file", help="file holding the bearer token (else $OBLIVIO_TOKEN)")
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from oblivio.ledger import Ledger
     from oblivio.service.app import create_app
 
-    ledger = Ledger.open(args.ledger)
+    ledger = Ledger.open(args.ledger, store=args.store)
     if token is None:
         print("warning: serving WITHOUT authentication on 127.0.0.1", file=sys.stderr)
     uvicorn.run(
