@@ -111,9 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     history = commands.add_parser("history", parents=[where], help="every request in arrival order")
     history.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    commands.add_parser(
-        "verify", parents=[where], help="replay the ledger and check every version"
-    )
+    commands.add_parser("verify", parents=[where], help="replay the ledger and check every version")
 
     commands.add_parser(
         "prune", parents=[where], help="delete every stored version but the current"

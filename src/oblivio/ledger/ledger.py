@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
 import logging
 import os
 import threading
@@ -23,16 +23,13 @@ from oblivio.ledger import snapshots
 from oblivio.ledger.payload import fingerprint, from_payload, to_payload
 from oblivio.ledger.records import LedgerEntry, RecordStatus, VerifyReport, guarantee
 from oblivio.ledger.storage import SQLiteStorage, Storage
+from oblivio.ledger.verify import replay
 from oblivio.models.base import Model
 from oblivio.unlearners import Unlearner
 
 __all__ = ["Ledger", "RequestIdConflictError"]
 
 log = logging.getLogger("oblivio.ledger")
-
-#: Largest parameter difference allowed between an exact method's replay and its record
-#: (replays repeat the same deterministic computation, so they agree to rounding).
-_EXACT_TOLERANCE = 1e-6
 
 
 def _is_url(path: str | os.PathLike) -> bool:
@@ -62,25 +59,6 @@ class RequestIdConflictError(RequestError):
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds")
-
-
-def _state_difference(a: Unlearner, b: Unlearner) -> float:
-    """Largest absolute difference between two unlearners' model states (inf if unlike)."""
-    if not np.array_equal(a.train_.ids, b.train_.ids):
-        return float("inf")
-    sa, sb = a.model_.get_state(), b.model_.get_state()
-    sa.pop("__meta__", None)
-    sb.pop("__meta__", None)
-    if set(sa) != set(sb):
-        return float("inf")
-    worst = 0.0
-    for key in sa:
-        x, y = np.asarray(sa[key], dtype=float), np.asarray(sb[key], dtype=float)
-        if x.shape != y.shape:
-            return float("inf")
-        if x.size:
-            worst = max(worst, float(np.max(np.abs(x - y))))
-    return worst
 
 
 class Ledger:
@@ -240,12 +218,16 @@ class Ledger:
                     "error": "the writer stopped before committing; not applied (resubmit it)",
                 },
             )
-        kept = {name for _, name in self._storage.snapshots()}
-        removed = snapshots.sweep(self._store, kept)
+        if self._unlearner is not None and not pending:
+            return  # orphans appear only when a writer dies or a commit fails
+        removed = self._sweep()
         if removed:
             log.warning(
                 "removed %d unreferenced snapshot folders from %s", len(removed), self._store
             )
+
+    def _sweep(self) -> list[str]:
+        return snapshots.sweep(self._store, {name for _, name in self._storage.snapshots()})
 
     def _load_snapshot(self, name: str) -> Unlearner:
         return snapshots.load(self._store, name, model=self._model)
@@ -449,6 +431,8 @@ class Ledger:
         except BaseException:
             # The in-memory unlearner is ahead of the database: rebuild it on next use.
             self._unlearner, self._version = None, -1
+            with contextlib.suppress(Exception):
+                self._sweep()  # the snapshot this commit would have referenced
             raise
         self._version = version
         snapshots.delete(self._store, unreferenced)
@@ -493,96 +477,18 @@ class Ledger:
     def verify(self) -> VerifyReport:
         """Replay the ledger from its oldest stored version and check every step.
 
-        Checks (each failure is a sentence in ``problems``): every stored snapshot
-        matches its hash and loads; each replayed request affects the recorded number of
-        records; where a snapshot of a version exists, an exact method's replay equals it
-        (parameters within ``1e-6``); for certified entries (Guo et al.,
-        ICML 2020, Thm. 3) the exact gradient residual of the stored (or replayed) model
-        is at most the recorded bound and the bound at most the budget; an exact method's
-        replay reproduces the current model.
+        See :func:`oblivio.ledger.verify.replay` for the checks. Holds the writer lock
+        (submits wait) while it runs.
         """
         with self._writing():
-            stored = dict(self._storage.snapshots())
-            base = min(stored)
-            problems: list[str] = []
-            checks: list[dict[str, Any]] = []
-            try:
-                replay = self._load_snapshot(stored[base])
-            except Exception as error:  # noqa: BLE001 - reported, not raised
-                problems.append(f"version {base}: cannot load its snapshot: {error}")
-                return VerifyReport(False, base, self._version, 0, checks, problems)
-            rows = self._applied_after(base)
-            for row in rows:
-                entry = LedgerEntry.from_row(row)
-                check, replay = self._verify_step(
-                    replay, entry, stored.get(entry.version), problems
-                )
-                checks.append(check)
-            final = _state_difference(replay, self._unlearner)
-            if all(r["exact"] for r in rows) and not final <= _EXACT_TOLERANCE:
-                problems.append(
-                    "the replay of exact requests does not reproduce the current "
-                    f"model (difference {final:.3g})"
-                )
-            return VerifyReport(not problems, base, self._version, len(rows), checks, problems)
-
-    def _verify_step(
-        self, replay: Unlearner, entry: LedgerEntry, name: str | None, problems: list[str]
-    ) -> tuple[dict[str, Any], Unlearner]:
-        where = f"version {entry.version} ({entry.request_id})"
-        result = replay.forget(from_payload(entry.request))
-        check: dict[str, Any] = {
-            "request_id": entry.request_id,
-            "version": entry.version,
-            "method": entry.method,
-            "exact": entry.exact,
-        }
-        if result.n_affected != len(entry.affected_ids):
-            problems.append(
-                f"{where}: replay affected {result.n_affected} records, "
-                f"the ledger recorded {len(entry.affected_ids)}"
+            assert self._unlearner is not None
+            rows = self._applied_after(min(v for v, _ in self._storage.snapshots()))
+            return replay(
+                dict(self._storage.snapshots()),
+                [LedgerEntry.from_row(row) for row in rows],
+                self._load_snapshot,
+                self._unlearner,
             )
-        stored = None
-        if name is not None:
-            try:
-                stored = self._load_snapshot(name)
-            except Exception as error:  # noqa: BLE001 - reported, not raised
-                problems.append(f"{where}: cannot load its snapshot: {error}")
-        if stored is not None:
-            difference = _state_difference(replay, stored)
-            check["max_difference"] = difference
-            if entry.exact and not difference <= _EXACT_TOLERANCE:
-                problems.append(
-                    f"{where}: exact method, but the replay differs from the "
-                    f"stored version by {difference:.3g}"
-                )
-        if entry.certificate is not None:
-            certificate = entry.certificate
-            check.update(bound=certificate.residual_bound, budget=certificate.budget_total)
-            if not certificate.residual_bound <= certificate.budget_total:
-                problems.append(
-                    f"{where}: bound {certificate.residual_bound:.3g} exceeds "
-                    f"the budget {certificate.budget_total:.3g}"
-                )
-            measured = stored if stored is not None else replay
-            bound = (
-                certificate.residual_bound
-                if stored is not None
-                else result.certificate.residual_bound
-                if result.certificate
-                else None
-            )
-            residual_of = getattr(measured, "gradient_residual", None)
-            if callable(residual_of) and bound is not None:
-                residual = float(residual_of())
-                check["residual"] = residual
-                if not residual <= bound * (1 + 1e-9) + 1e-12:
-                    problems.append(
-                        f"{where}: gradient residual {residual:.3g} exceeds the "
-                        f"certified bound {bound:.3g}"
-                    )
-        # Continue from what was served where it is stored, else from the replay.
-        return check, (stored if stored is not None else replay)
 
     def close(self) -> None:
         """Close the database connections (the ledger can be opened again)."""
@@ -600,8 +506,3 @@ class Ledger:
             f"Ledger({str(getattr(self._storage, 'path', ''))!r}, method={self.method!r}, "
             f"version={self._version})"
         )
-
-
-def describe(entry: LedgerEntry) -> str:
-    """One line per entry (for the command line)."""
-    return json.dumps(entry.to_dict(), default=float)
