@@ -32,7 +32,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
-import copy  # noqa: E402
 import secrets  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
@@ -57,8 +56,10 @@ def _data(name: str) -> tuple[ob.Dataset, str]:
             split = ob.datasets.load("fashion-mnist", classes=[3, 8], normalize="l2", flatten=True)
             return split.train, "Fashion-MNIST 3 vs 8"
         except ob.datasets.DataNotFoundError as error:
-            print(f"Fashion-MNIST is not installed ({error}); install the Debian package "
-                  "dataset-fashion-mnist. Measuring on digits 3 vs 8 instead.")
+            print(
+                f"Fashion-MNIST is not installed ({error}); install the Debian package "
+                "dataset-fashion-mnist. Measuring on digits 3 vs 8 instead."
+            )
     split = ob.datasets.load("digits", classes=[3, 8], normalize="l2")
     return split.train, "digits 3 vs 8"
 
@@ -68,27 +69,46 @@ def _fit(train: ob.Dataset) -> ob.unlearners.Unlearner:
     return ob.unlearners.create("certified", model, epsilon=1.0, sigma=10.0, seed=0).fit(train)
 
 
-def _bare(unlearner, ids) -> tuple[float, int]:
-    u = copy.deepcopy(unlearner)
-    start = time.perf_counter()
-    retrains = sum(u.forget(ob.Remove(ids=[i])).retrained for i in ids)
-    return (time.perf_counter() - start) / len(ids), retrains
-
-
-def _ledger(unlearner, ids, folder: Path, **options) -> tuple[float, float, int]:
-    """(seconds per submit, seconds to create, bytes of one stored version)."""
+def _ledger(unlearner, ids, folder: Path, **options) -> dict[str, float]:
+    """Paired timings: each request is applied by a bare ``forget()`` on a copy of the
+    ledger's unlearner, then by ``Ledger.submit``, so both run under the same load."""
     start = time.perf_counter()
     ledger = ob.Ledger.create(folder / "l.db", unlearner, **options)
     created = time.perf_counter() - start
-    start = time.perf_counter()
+    bare_copy = ledger.unlearner()
+    bare, submit, retrains = [], [], 0
     for k, i in enumerate(ids):
+        start = time.perf_counter()
+        retrains += bare_copy.forget(ob.Remove(ids=[i])).retrained
+        bare.append(time.perf_counter() - start)
+        start = time.perf_counter()
         ledger.submit(ob.Remove(ids=[i]), request_id=f"r{k}")
-    per = (time.perf_counter() - start) / len(ids)
+        submit.append(time.perf_counter() - start)
+    assert ledger.version == len(ids)
     store = folder / "l.db.models"
     version = next(p for p in store.iterdir() if not p.name.startswith("."))
-    size = sum(f.stat().st_size for f in version.iterdir())
-    assert ledger.version == len(ids)
-    return per, created, size
+    return {
+        "bare": statistics.median(bare),
+        "submit": statistics.median(submit),
+        "overhead": statistics.median(s - b for s, b in zip(submit, bare, strict=True)),
+        "mean_submit": statistics.mean(submit),
+        "created": created,
+        "size": sum(f.stat().st_size for f in version.iterdir()),
+        "retrains": retrains,
+    }
+
+
+def _snapshot_seconds(unlearner, folder: Path, repeats: int = 3) -> float:
+    """Median seconds of one snapshot (``Unlearner.save`` + fsync + hash + rename)."""
+    from oblivio.ledger import snapshots
+
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        name = snapshots.save(unlearner, folder)
+        times.append(time.perf_counter() - start)
+        snapshots.delete(folder, [name])
+    return statistics.median(times)
 
 
 def _free_port() -> int:
@@ -105,8 +125,18 @@ def _service(unlearner, ids, folder: Path, clients: int, **options) -> tuple[flo
     token, port = secrets.token_urlsafe(32), _free_port()
     env = dict(os.environ, OBLIVIO_TOKEN=token, PYTHONPATH=str(Path(ob.__file__).parents[1]))
     server = subprocess.Popen(
-        [sys.executable, "-m", "oblivio.cli", "serve", str(folder / "l.db"), "--port",
-         str(port), "--log-level", "warning"], env=env,
+        [
+            sys.executable,
+            "-m",
+            "oblivio.cli",
+            "serve",
+            str(folder / "l.db"),
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
     )
     url, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {token}"}
     try:
@@ -145,7 +175,7 @@ def _service(unlearner, ids, folder: Path, clients: int, **options) -> tuple[flo
             raise RuntimeError(f"{len(errors)} requests failed, first: {errors[0]}")
         final = httpx.get(f"{url}/healthz", timeout=30).json()["version"]
         assert final == len(ids), final
-        return len(ids) / wall, statistics.mean(latencies)
+        return len(ids) / wall, statistics.median(latencies)
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -165,37 +195,50 @@ def main() -> None:
     ids = [int(i) for i in train.ids[: args.requests]]
     start = time.perf_counter()
     unlearner = _fit(train)
-    print(f"{name}: n = {len(train)}, d = {train.n_features}; certified removal "
-          f"(epsilon=1, sigma=10), fit {time.perf_counter() - start:.1f} s; "
-          f"{len(ids)} single-record removals per row, {os.cpu_count()} CPUs")
+    print(
+        f"{name}: n = {len(train)}, d = {train.n_features}; certified removal "
+        f"(epsilon=1, sigma=10), fit {time.perf_counter() - start:.1f} s; "
+        f"{len(ids)} single-record removals per row, {os.cpu_count()} CPUs, load average "
+        f"{os.getloadavg()[0]:.1f}"
+    )
     root = Path(tempfile.mkdtemp(prefix="oblivio-ledger-bench-", dir=args.dir))
-    rows: list[tuple[str, float, str]] = []
+    variants = [
+        ("snapshot every version, prune", {"prune": True}),
+        (f"snapshot every {args.checkpoint_every}", {"checkpoint_every": args.checkpoint_every}),
+    ]
+    print(
+        f"\nIn process, paired (medians over {len(ids)} requests; overhead = median of "
+        "submit - forget per request):"
+    )
+    print(f"{'':34s} {'forget s':>9s} {'submit s':>9s} {'overhead s':>10s} {'x forget':>8s}")
     try:
-        bare, retrains = _bare(unlearner, ids)
-        rows.append(("bare forget()", bare, f"{retrains} budget retrains"))
-        variants = [("snapshot every version, prune", {"prune": True}),
-                    (f"snapshot every {args.checkpoint_every}",
-                     {"checkpoint_every": args.checkpoint_every})]
+        print(f"{'one snapshot alone':34s} {'':9s} {_snapshot_seconds(unlearner, root):9.4f}")
         for label, options in variants:
-            folder = root / f"ledger-{len(rows)}"
-            per, created, size = _ledger(unlearner, ids, folder, **options)
-            rows.append((f"Ledger.submit, {label}", per,
-                         f"create {created:.1f} s, one version {size / 1e6:.1f} MB"))
+            folder = root / f"ledger-{label.split()[2]}"
+            r = _ledger(unlearner, ids, folder, **options)
+            print(
+                f"{label:34s} {r['bare']:9.4f} {r['submit']:9.4f} {r['overhead']:10.4f} "
+                f"{r['submit'] / r['bare']:8.1f}  (mean submit {r['mean_submit']:.4f} s, "
+                f"create {r['created']:.1f} s, one version {r['size'] / 1e6:.1f} MB, "
+                f"{r['retrains']} budget retrains)"
+            )
             shutil.rmtree(folder)
-        if not args.no_service:
-            for label, options in variants:
-                folder = root / f"service-{len(rows)}"
-                rate, latency = _service(unlearner, ids, folder, args.clients, **options)
-                rows.append((f"HTTP service, {label}", 1.0 / rate,
-                             f"{rate:.1f} requests/s sustained, {args.clients} clients, "
-                             f"mean latency {latency * 1e3:.0f} ms"))
-                shutil.rmtree(folder)
+        if args.no_service:
+            return
+        print(
+            f"\nHTTP service ('oblivio serve' in its own process, {args.clients} clients, "
+            f"{len(ids)} requests):"
+        )
+        for label, options in variants:
+            folder = root / f"service-{label.split()[2]}"
+            rate, latency = _service(unlearner, ids, folder, args.clients, **options)
+            print(
+                f"{label:34s} {rate:6.1f} requests/s sustained ({1 / rate:.4f} s/request), "
+                f"median latency {latency:.3f} s"
+            )
+            shutil.rmtree(folder)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-    print(f"\n{'':44s} {'s/request':>10s} {'overhead':>10s} {'x forget':>9s}")
-    for label, per, note in rows:
-        print(f"{label:44s} {per:10.4f} {per - bare:+10.4f} {per / bare:9.1f}  {note}")
 
 
 if __name__ == "__main__":
