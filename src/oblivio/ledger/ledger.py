@@ -65,9 +65,10 @@ class Ledger:
     """Every deletion request durable, idempotent and traceable to a model version.
 
     A ledger is one SQLite file (WAL mode) plus a content-addressed model store beside it
-    (``<path>.models/``). Version 0 is the unlearner passed to :meth:`create`; each applied
-    request makes the next version. Rows hold record ids and request metadata, never
-    record features.
+    (``<path>.models/``); or its rows live in PostgreSQL (a SQLAlchemy URL, see
+    :mod:`oblivio.ledger.sql`) with the model store in a folder you name. Version 0 is the
+    unlearner passed to :meth:`create`; each applied request makes the next version. Rows
+    hold record ids and request metadata, never record features.
 
     A submit (1) writes the entry as ``pending``, (2) runs ``forget`` and saves the new
     version to the store, (3) commits the entry, the new head and the record states in one

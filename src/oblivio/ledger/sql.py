@@ -52,7 +52,7 @@ class SQLAlchemyStorage(Storage):
             md,
             col("seq", sa.BigInteger, sa.Identity(), primary_key=True),
             col("request_id", sa.String(200), nullable=False, unique=True),
-            col("status", sa.String(20), nullable=False),
+            col("status", sa.String(20), nullable=False, index=True),
             col("kind", sa.String(40), nullable=False),
             col("request", text, nullable=False),
             col("fingerprint", sa.String(64), nullable=False),

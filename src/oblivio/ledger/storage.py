@@ -67,6 +67,7 @@ CREATE TABLE entries (
     submitted_at TEXT NOT NULL,
     finished_at TEXT
 );
+CREATE INDEX entries_status ON entries (status);
 CREATE TABLE snapshots (version INTEGER PRIMARY KEY, hash TEXT NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE records (record_id INTEGER PRIMARY KEY, state TEXT NOT NULL, seq INTEGER);
 """
