@@ -8,6 +8,7 @@
 
 from oblivio import audit, datasets, models, unlearners
 from oblivio.data import Dataset, Relabel, Remove, Replace, ReplaceFeatures, RequestError, Split
+from oblivio.ledger import Ledger
 from oblivio.unlearners import Certificate, UnlearnResult
 
 __version__ = "0.1.0"
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Certificate",
     "Dataset",
+    "Ledger",
     "Relabel",
     "Remove",
     "Replace",

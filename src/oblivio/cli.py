@@ -13,6 +13,8 @@ from typing import Any
 # ``add_arguments(parser)`` and ``run(args) -> int``.
 PLUGIN_COMMANDS: list[tuple[str, str, str]] = [
     ("audit", "oblivio.audit.command", "membership-inference audit of an unlearning method"),
+    ("ledger", "oblivio.ledger.command", "durable record of deletion requests and model versions"),
+    ("serve", "oblivio.service.command", "HTTP service over a ledger (extra 'serve')"),
 ]
 
 
