@@ -116,7 +116,7 @@ def build_model(
 ) -> Any:
     """The target/shadow model template ``name`` (one of :data:`MODELS`)."""
     from oblivio import models
-    from oblivio.audit.mia import SklearnModel
+    from oblivio.models import SklearnModel
 
     if name == "logistic":
         return models.LogisticRegression(l2=l2, fit_intercept=True)

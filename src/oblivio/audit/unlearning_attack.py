@@ -569,7 +569,7 @@ def collect_posteriors(
         All N records (shadow and target sides are halves of it).
     model : model
         Template of the original models (an oblivio model or a
-        :class:`~oblivio.audit.mia.SklearnModel`).
+        :class:`~oblivio.models.SklearnModel`).
     unlearner : str
         A registered unlearner name (``oblivio.unlearners.available()``), e.g. ``"retrain"``
         or ``"sisa"``.

@@ -88,7 +88,17 @@ class LogisticRegression(BaseModel):
         self._design_cache: tuple[Any, Any] | None = None
 
     # -- set-up ------------------------------------------------------------------------
+    def _l2(self) -> float:
+        if self.l2 is None:
+            raise ValueError(
+                "l2 is None: this model was adopted from scikit-learn without n_samples, so "
+                "its objective is unknown; use ob.models.from_sklearn(estimator, "
+                "n_samples=len(train)) (l2 = 1 / (C n)) or set model.l2"
+            )
+        return self.l2
+
     def _check_params(self) -> None:
+        self._l2()
         if not (np.isfinite(self.l2) and self.l2 > 0):
             raise ValueError(f"l2 must be a positive finite number, got {self.l2!r}")
         if self.multi_class not in ("auto", "ovr", "multinomial"):
@@ -187,7 +197,7 @@ class LogisticRegression(BaseModel):
             R = curvature * (A - np.sum(curvature * A, axis=1, keepdims=True))
         else:
             R = curvature * A
-        return np.asarray(X.T @ R).T + self.l2 * len(data) * V
+        return np.asarray(X.T @ R).T + self._l2() * len(data) * V
 
     def _hessian_np(self, data: Dataset, W: np.ndarray) -> np.ndarray:
         mode, curvature, X = self._curvature(data, W)
@@ -213,7 +223,7 @@ class LogisticRegression(BaseModel):
                         H[cols, rows] = block.T
             else:
                 H[rows, rows] = gram(curvature[:, a])
-        H[np.diag_indices_from(H)] += self.l2 * len(data)
+        H[np.diag_indices_from(H)] += self._l2() * len(data)
         return H
 
     def _noise_np(self, size: int) -> np.ndarray | None:
@@ -227,7 +237,7 @@ class LogisticRegression(BaseModel):
     def _objective_grad_np(self, data: Dataset, flat: np.ndarray) -> tuple[float, np.ndarray]:
         W = self._theta_matrix(data, flat)
         loss, grad = self._loss_grad_np(data, W)
-        flat_grad = grad.ravel() + self.l2 * len(data) * flat
+        flat_grad = grad.ravel() + self._l2() * len(data) * flat
         value = loss + 0.5 * self.l2 * len(data) * float(flat @ flat)
         noise = self._noise_np(flat.size)
         if noise is not None:

@@ -292,6 +292,11 @@ class Unlearner(ABC):
             raise ValueError(
                 f"{type(self).__name__} trains its own model (see its docstring); use fit(train)"
             )
+        if getattr(self.model, "l2", 0.0) is None:
+            raise ValueError(
+                "the model's l2 is None (adopted from scikit-learn without n_samples), so its "
+                "objective is unknown; use ob.models.from_sklearn(estimator, n_samples=len(train))"
+            )
         self.model_ = copy.deepcopy(self.model)
         self.train_ = train
         self.history_ = []
@@ -299,6 +304,11 @@ class Unlearner(ABC):
         return self
 
     def _timed_prepare(self) -> None:
+        if not self.exact and self.model_.theta.numel() == 0:
+            raise TypeError(
+                f"{self.name!r} updates a parameter vector, but {self.model_!r} has none; only "
+                "the unlearners that retrain apply ('retrain', 'sisa' with slices=1)"
+            )
         start = time.perf_counter()
         self._prepare()
         #: Seconds spent precomputing for ``forget`` (count it when comparing with retraining).
