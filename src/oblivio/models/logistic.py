@@ -271,7 +271,10 @@ class LogisticRegression(BaseModel):
             method="L-BFGS-B",
             options={"maxiter": self.max_iter, "gtol": 1e-10, "ftol": 1e-15, "maxcor": 20},
         )
+        self._newton_steps = 0
         self._theta = self._newton_polish(data, solution.x)
+        #: Solver iterations of the last fit: L-BFGS iterations plus Newton polishing steps.
+        self.n_iter_ = int(solution.nit) + self._newton_steps
         self._shape = (n_vectors, width)
         self._mode = mode
         return self
@@ -306,6 +309,7 @@ class LogisticRegression(BaseModel):
             if np.linalg.norm(new_grad) >= grad_norm and new_value >= value:
                 break  # no further progress possible in floating point
             flat, value, grad = candidate, new_value, new_grad
+            self._newton_steps = getattr(self, "_newton_steps", 0) + 1
         grad_norm = float(np.linalg.norm(grad))
         if grad_norm > self.tol:
             warnings.warn(

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from oblivio.data import Change, Dataset, Request
+from oblivio.data import Change, Dataset, Remove, Request, RequestError
 from oblivio.models.base import Model, NotFittedError
 
 __all__ = [
@@ -344,7 +344,11 @@ class Unlearner(ABC):
                 f"forget() takes a request (Remove, Relabel, ReplaceFeatures, Replace), "
                 f"got {type(request).__name__}"
             )
-        change = request.resolve(self.train_)
+        try:
+            change = request.resolve(self.train_)
+        except RequestError as error:
+            self._explain_removed(request, error)
+            raise
         self._validate_change(change)
         start = time.perf_counter()
         if change.is_empty:
@@ -362,6 +366,11 @@ class Unlearner(ABC):
                 raise
         seconds = time.perf_counter() - start
         self.train_ = change.result
+        if isinstance(request, Remove) and len(change):
+            # Only ids are kept (no data), so a repeated request can say "already removed".
+            self._removed_ids = np.union1d(
+                getattr(self, "_removed_ids", np.zeros(0, np.int64)), change.before.ids
+            )
         result = UnlearnResult(
             method=self.name,
             n_affected=len(change),
@@ -374,6 +383,20 @@ class Unlearner(ABC):
         )
         self.history_.append(result)
         return result
+
+    def _explain_removed(self, request: Request, error: RequestError) -> None:
+        """Re-raise an "unknown ids" error as "already removed" for ids this unlearner removed."""
+        ids = getattr(request, "ids", None)
+        removed = getattr(self, "_removed_ids", None)
+        if ids is None or removed is None or not str(error).startswith("unknown ids"):
+            return
+        again = np.intersect1d(np.asarray(ids, dtype=np.int64), removed)
+        if again.size:
+            shown = ", ".join(str(i) for i in again[:10].tolist())
+            more = f", ... ({again.size} in all)" if again.size > 10 else ""
+            raise RequestError(
+                f"ids already removed by an earlier request: [{shown}{more}]"
+            ) from error
 
     def _validate_change(self, change: Change) -> None:
         """Method-specific checks before anything changes (raise RequestError)."""
