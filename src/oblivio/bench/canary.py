@@ -172,6 +172,11 @@ def _last_layer_names(module: Any) -> list[str]:
     return [name for name in names if name.rsplit(".", 1)[0] == last_prefix]
 
 
+def count_steps(settings: CanarySettings) -> int:
+    """Steps :func:`run_canary` reports through ``progress``: training, then one per variant."""
+    return 1 + sum(len(_variants(name, settings)) for name in settings.methods)
+
+
 def _variants(name: str, settings: CanarySettings) -> list[tuple[str, str, str, dict]]:
     """``(row label, registry name, layers, options)`` for a method name of the settings."""
     if name == "first-order":

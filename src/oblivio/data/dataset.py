@@ -81,9 +81,7 @@ def as_id_array(ids: ArrayLike, what: str = "ids") -> np.ndarray:
         try:
             return as_id_array(np.asarray(array.tolist(), dtype=np.int64), what)
         except (TypeError, ValueError, OverflowError):
-            raise RequestError(
-                f"{what} must be integers, got {_preview(array.tolist())}"
-            ) from None
+            raise RequestError(f"{what} must be integers, got {_preview(array.tolist())}") from None
     elif array.dtype.kind not in "iu":
         raise RequestError(f"{what} must be integers, got dtype {array.dtype}")
     return array.astype(np.int64)
