@@ -271,7 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     canary = commands.add_parser(
         "canary", help="unlearn a memorised telephone number from a character LSTM"
     )
-    canary.add_argument("--corpus", help="UTF-8 text (default: ../shared/data/alice/...)")
+    canary.add_argument(
+        "--corpus",
+        help="UTF-8 text (default: alice_in_wonderland.txt in $OBLIVIO_DATA/alice or "
+        "~/.oblivio/data/alice)",
+    )
     canary.add_argument("--epochs", type=int, help="training epochs of the LSTM")
     canary.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
     canary.add_argument("--out", default="results/canary", help="results folder")
