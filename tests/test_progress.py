@@ -46,7 +46,9 @@ def test_string_messages_count_steps():
     with Task("canary", total=3, mode="lines", interval=100, stream=out, every_update=True) as t:
         t("training")
         t("unlearning with retrain")
+        t("unlearning with first-order")
     assert "canary: 1/3" in out.getvalue() and "| unlearning with retrain" in out.getvalue()
+    assert "canary: 3/3 (100%)" in out.getvalue().splitlines()[-1]
 
 
 def test_verbosity_chooses_the_mode():

@@ -115,6 +115,7 @@ class Task:
         self._bar_task: Any = None
         self._printed = False
         self._nested = False
+        self._by_message = False  # steps counted by status messages (__call__)
         #: Lines mode: a task started inside another one (a model's training inside a
         #: benchmark cell) writes nothing unless it runs longer than ``interval``.
         self.nested_quiet = not every_update
@@ -137,6 +138,8 @@ class Task:
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        if self._by_message and not (exc and exc[0] is not None):
+            self.done += 1  # the last message's step finished with the task
         if self.mode == "lines":
             self._stop.set()
             if self._thread is not None:
@@ -185,8 +188,9 @@ class Task:
 
     def __call__(self, message: str) -> None:
         """A status message (the ``progress(str)`` callback of the experiments): one step."""
-        if self.note:  # the previous message's step is done
+        if self._by_message:  # the previous message's step is done
             self.done += 1
+        self._by_message = True
         self.update(note=message)
 
     def status(self) -> str:

@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     datasets.set_defaults(handler=_cmd_datasets)
 
     demo = commands.add_parser(
-        "demo", help="quick benchmark on bundled data: every method vs retraining (< 1 min)"
+        "demo", help="quick benchmark on bundled data: every method vs retraining (~3 min)"
     )
     demo.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
     demo.set_defaults(handler=_cmd_demo)
@@ -277,7 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         "~/.oblivio/data/alice)",
     )
     canary.add_argument("--epochs", type=int, help="training epochs of the LSTM")
-    canary.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
+    canary.add_argument("--quick", action="store_true", help="small sizes (about 20 s)")
     canary.add_argument("--out", default="results/canary", help="results folder")
     canary.add_argument(
         "--set",
@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     poison.add_argument("--dataset", help="image dataset loader (default fashion-mnist)")
     poison.add_argument("--root", help="folder with the dataset's files")
-    poison.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
+    poison.add_argument("--quick", action="store_true", help="small sizes (about 3 min)")
     poison.add_argument("--out", default="results/poison-repair", help="results folder")
     poison.add_argument(
         "--set",
