@@ -118,3 +118,9 @@ def test_sklearn_model_adapter_lives_in_models(digits):
     assert OldPath is SklearnModel
     with pytest.raises(TypeError, match="only the unlearners that retrain"):
         ob.unlearners.create("first-order", tree).attach(train)
+
+
+def test_a_raw_sklearn_estimator_is_refused_with_the_way_in(binary):
+    data = binary[0]
+    with pytest.raises(TypeError, match=r"from_sklearn\(estimator, n_samples=len\(train\)\)"):
+        ob.unlearners.create("retrain", SkLogistic().fit(data.X, data.y))

@@ -251,6 +251,13 @@ class Unlearner(ABC):
     requires_fit: ClassVar[bool] = False
 
     def __init__(self, model: Model) -> None:
+        if not hasattr(model, "clone") and hasattr(model, "get_params"):
+            raise TypeError(
+                f"{type(model).__name__} is a scikit-learn estimator, not an oblivio model: "
+                "adopt a fitted logistic regression (or a Pipeline ending in one) with "
+                "ob.models.from_sklearn(estimator, n_samples=len(train)), or wrap any "
+                "unfitted classifier as ob.models.SklearnModel(estimator) for 'retrain'/'sisa'"
+            )
         self.model = model
 
     # -- hyper-parameters --------------------------------------------------------------
