@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 # Subcommands contributed by library modules: (name, module, help). Each module defines
-# ``add_arguments(parser)`` and ``run(args) -> int``.
+# ``add_arguments(parser)`` and ``run(args) -> int``. The parser imports these modules, so
+# they must import nothing heavy at module level (no torch, numpy, sklearn): ``--help`` and
+# argument errors stay fast (tests/test_cli_fast.py checks it). Import inside ``run``.
+# Long work reports through ``oblivio._progress.task`` (bars, plain lines, --quiet).
 PLUGIN_COMMANDS: list[tuple[str, str, str]] = [
     ("audit", "oblivio.audit.command", "membership-inference audit of an unlearning method"),
 ]
