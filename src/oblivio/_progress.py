@@ -145,7 +145,12 @@ class Task:
             if self._thread is not None:
                 self._thread.join()
             _open_lines[0] -= 1
-            ended = "interrupted" if exc and exc[0] is not None else "finished"
+            if not exc or exc[0] is None:
+                ended = "finished"
+            elif issubclass(exc[0], KeyboardInterrupt):
+                ended = "interrupted"
+            else:
+                ended = "stopped by an error"
             if self._printed or not self.nested_quiet:
                 self._line(ended=ended)
         elif self.mode == "bar":

@@ -372,3 +372,11 @@ def test_cli_audit_protocols():
     assert name == "paper" and sizes["attack_trees"] == 500
     name, sizes = command.protocol(parser.parse_args(["--attack-trees", "50"]))
     assert name == "custom" and sizes["attack_trees"] == 50
+
+
+def test_cli_audit_paper_protocol_on_small_data_says_what_to_do(capsys):
+    from oblivio.cli import main
+
+    assert main(["audit", "--quiet", "--n-unlearn", "1", "--classifiers", "dt"]) == 2
+    err = capsys.readouterr().err
+    assert "set_size=2000" in err and "--quick" in err

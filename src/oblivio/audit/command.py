@@ -256,19 +256,28 @@ def run(args: argparse.Namespace) -> int:
             sides[side] = done
             bar.update(sum(sides.values()), note=side)
 
-        rows = collect_posteriors(
-            data,
-            model,
-            unlearner=args.unlearner,
-            unlearner_options=options,
-            setting=args.setting,
-            n_original=sizes["n_original"],
-            set_size=sizes["set_size"],
-            n_unlearn=sizes["n_unlearn"],
-            n_delete=args.n_delete,
-            seed=args.seed,
-            progress=progress,
-        )
+        try:
+            rows = collect_posteriors(
+                data,
+                model,
+                unlearner=args.unlearner,
+                unlearner_options=options,
+                setting=args.setting,
+                n_original=sizes["n_original"],
+                set_size=sizes["set_size"],
+                n_unlearn=sizes["n_unlearn"],
+                n_delete=args.n_delete,
+                seed=args.seed,
+                progress=progress,
+            )
+        except ValueError as error:
+            if "set_size" not in str(error):
+                raise
+            raise ValueError(
+                f"{error}. Chen et al.'s protocol trains each original model on "
+                f"{PAPER['set_size']:,} records, which needs a larger data set (e.g. --dataset "
+                "adult); on small data use --quick or a smaller --set-size"
+            ) from error
     results = run_unlearning_attack(
         rows,
         features=args.features,
