@@ -46,7 +46,7 @@ def _progress_runner(console, config, out, **options):
     from oblivio._progress import task
     from oblivio.bench.runner import run_config
 
-    with task(f"{config.name}: cells") as cells:
+    with task(f"{config.name}: cells", total=len(config.cells())) as cells:
 
         def update(done: int, total: int, key: str) -> None:
             cells.update(done, total, note=key)
