@@ -47,9 +47,10 @@ import torch  # noqa: E402
 
 import oblivio as ob  # noqa: E402
 from oblivio._io import write_json  # noqa: E402
-from oblivio.audit import SklearnModel, collect_posteriors, run_unlearning_attack  # noqa: E402
+from oblivio.audit import collect_posteriors, run_unlearning_attack  # noqa: E402
 from oblivio.audit.command import build_model  # noqa: E402
 from oblivio.data import Dataset  # noqa: E402
+from oblivio.models import SklearnModel  # noqa: E402
 
 
 def pooled(split: ob.Split, limit: int | None, seed: int) -> Dataset:

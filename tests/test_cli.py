@@ -14,9 +14,17 @@ ALICE = Path("../shared/data/alice/alice_in_wonderland.txt")
 
 def test_set_parses_each_field_type():
     settings = _settings(
-        CanarySettings, True, {},
-        ["first_order_taus=1e-3, 3e-3", "damping=3", "max_chars=none", "refit=yes",
-         "methods=retrain,finetune", "cg-iterations=7"],
+        CanarySettings,
+        True,
+        {},
+        [
+            "first_order_taus=1e-3, 3e-3",
+            "damping=3",
+            "max_chars=none",
+            "refit=yes",
+            "methods=retrain,finetune",
+            "cg-iterations=7",
+        ],
     )
     assert settings.first_order_taus == (1e-3, 3e-3) and settings.damping == 3.0
     assert settings.max_chars is None and settings.refit is True
@@ -44,8 +52,9 @@ def test_bad_set_names_the_bad_value(assignment, message, capsys):
 @pytest.mark.skipif(not ALICE.exists(), reason="needs ../shared/data/alice")
 def test_canary_command_applies_set(tmp_path, capsys):
     out = tmp_path / "canary"
-    code = main(["canary", "--quick", "--corpus", str(ALICE), "--out", str(out),
-                 "--set", "methods=retrain"])
+    code = main(
+        ["canary", "--quick", "--corpus", str(ALICE), "--out", str(out), "--set", "methods=retrain"]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "retrain" in printed and "second-order" not in printed

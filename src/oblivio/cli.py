@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 # Subcommands contributed by library modules: (name, module, help). Each module defines
-# ``add_arguments(parser)`` and ``run(args) -> int``.
+# ``add_arguments(parser)`` and ``run(args) -> int``. The parser imports these modules, so
+# they must import nothing heavy at module level (no torch, numpy, sklearn): ``--help`` and
+# argument errors stay fast (tests/test_cli_fast.py checks it). Import inside ``run``.
+# Long work reports through ``oblivio._progress.task`` (bars, plain lines, --quiet).
 PLUGIN_COMMANDS: list[tuple[str, str, str]] = [
     ("audit", "oblivio.audit.command", "membership-inference audit of an unlearning method"),
     ("ledger", "oblivio.ledger.command", "durable record of deletion requests and model versions"),
@@ -41,32 +44,14 @@ def _cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def _progress_runner(console, config, out, **options):
-    """Run ``config`` with a progress bar (cells done, ETA)."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
+    """Run ``config`` reporting cells done / total, elapsed and ETA (bar or plain lines)."""
+    from oblivio._progress import task
     from oblivio.bench.runner import run_config
 
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[cell]}"),
-    )
-    with Progress(*columns, console=console, transient=False) as bar:
-        task = bar.add_task(f"{config.name}: cells", total=None, cell="")
+    with task(f"{config.name}: cells", total=len(config.cells())) as cells:
 
         def update(done: int, total: int, key: str) -> None:
-            bar.update(task, completed=done, total=total, cell=key[:60])
+            cells.update(done, total, note=key)
 
         return run_config(config, out, progress=update, **options)
 
@@ -160,11 +145,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_experiment(title: str, settings, run, format_table, save_report, out: str) -> int:
-    """Run one of the application experiments with a status line; print and save its table."""
+def _run_experiment(
+    title: str, settings, run, format_table, save_report, out: str, steps: int | None = None
+) -> int:
+    """Run one of the application experiments with progress; print and save its table."""
+    from oblivio._progress import task
+
     console = _console()
-    with console.status(title) as status:
-        report = run(settings, progress=status.update)
+    with task(title, total=steps) as progress:
+        report = run(settings, progress=progress)
     console.print(format_table(report))
     console.print(f"written to {save_report(report, out)}")
     return 0
@@ -194,8 +183,9 @@ def _parse_setting(field: Any, text: str) -> Any:
         raise ValueError(f"--set {field.name}={text!r}: expected {kind}") from None
 
 
-def _settings(settings_class: Any, quick: bool, overrides: dict[str, Any],
-              assignments: list[str]) -> Any:
+def _settings(
+    settings_class: Any, quick: bool, overrides: dict[str, Any], assignments: list[str]
+) -> Any:
     """The experiment's settings: defaults (or ``quick()``), options, then ``--set`` pairs."""
     import dataclasses
 
@@ -206,9 +196,7 @@ def _settings(settings_class: Any, quick: bool, overrides: dict[str, Any],
         if not sep:
             raise ValueError(f"--set needs KEY=VALUE, got {assignment!r}")
         if key not in fields:
-            raise ValueError(
-                f"--set {key}: unknown setting; known: {', '.join(sorted(fields))}"
-            )
+            raise ValueError(f"--set {key}: unknown setting; known: {', '.join(sorted(fields))}")
         overrides[key] = _parse_setting(fields[key], text.strip())
     return settings_class.quick(**overrides) if quick else settings_class(**overrides)
 
@@ -227,6 +215,7 @@ def _cmd_canary(args: argparse.Namespace) -> int:
         canary.format_table,
         canary.save_report,
         args.out,
+        steps=canary.count_steps(settings),
     )
 
 
@@ -244,6 +233,7 @@ def _cmd_poison_repair(args: argparse.Namespace) -> int:
         poison.format_table,
         poison.save_report,
         args.out,
+        steps=poison.count_steps(settings),
     )
 
 
@@ -256,6 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
         "certify or measure that the model forgot.",
     )
     parser.add_argument("--version", action="version", version=f"oblivio {__version__}")
+    _add_verbosity(parser, top_level=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
 
@@ -265,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     datasets.set_defaults(handler=_cmd_datasets)
 
     demo = commands.add_parser(
-        "demo", help="quick benchmark on bundled data: every method vs retraining (< 1 min)"
+        "demo", help="quick benchmark on bundled data: every method vs retraining (~3 min)"
     )
     demo.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
     demo.set_defaults(handler=_cmd_demo)
@@ -285,12 +276,19 @@ def build_parser() -> argparse.ArgumentParser:
     canary = commands.add_parser(
         "canary", help="unlearn a memorised telephone number from a character LSTM"
     )
-    canary.add_argument("--corpus", help="UTF-8 text (default: ../shared/data/alice/...)")
+    canary.add_argument(
+        "--corpus",
+        help="UTF-8 text (default: alice_in_wonderland.txt in $OBLIVIO_DATA/alice or "
+        "~/.oblivio/data/alice)",
+    )
     canary.add_argument("--epochs", type=int, help="training epochs of the LSTM")
-    canary.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
+    canary.add_argument("--quick", action="store_true", help="small sizes (about 20 s)")
     canary.add_argument("--out", default="results/canary", help="results folder")
     canary.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a setting, e.g. --set first_order_taus=1e-3,3e-3 --set damping=3 "
         "(repeatable; see oblivio.bench.canary.CanarySettings)",
     )
@@ -301,10 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     poison.add_argument("--dataset", help="image dataset loader (default fashion-mnist)")
     poison.add_argument("--root", help="folder with the dataset's files")
-    poison.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
+    poison.add_argument("--quick", action="store_true", help="small sizes (about 3 min)")
     poison.add_argument("--out", default="results/poison-repair", help="results folder")
     poison.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a setting, e.g. --set damping=3 --set methods=second-order,retrain "
         "(repeatable; see oblivio.bench.poison.PoisonSettings)",
     )
@@ -318,14 +319,41 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         module.add_arguments(sub)
         sub.set_defaults(handler=module.run)
+    for sub in commands.choices.values():
+        _add_verbosity(sub, top_level=False)
     return parser
 
 
+def _add_verbosity(parser: argparse.ArgumentParser, *, top_level: bool) -> None:
+    """``--quiet``/``--verbose``, accepted before or after the command name."""
+    # On subcommands the default is SUPPRESS so they do not overwrite the top-level value.
+    default = False if top_level else argparse.SUPPRESS
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="no progress output"
+    )
+    group.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default,
+        help="a progress line for every step (plain text, stderr)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``oblivio``. Building the parser and rejecting bad arguments import
+    neither torch nor the library: commands import what they need when they run."""
+    from oblivio._progress import NORMAL, QUIET, VERBOSE, verbosity_set
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.quiet and args.verbose:
+        parser.error("--quiet and --verbose exclude each other")
+    level = QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
     try:
-        return int(args.handler(args) or 0)
+        with verbosity_set(level):
+            return int(args.handler(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

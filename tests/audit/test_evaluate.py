@@ -7,8 +7,8 @@ from threadpoolctl import threadpool_limits
 
 import oblivio as ob
 from oblivio.audit.evaluate import MODEL_METRICS, PAIR_METRICS, Evaluation
-from oblivio.audit.mia import SklearnModel
 from oblivio.data import Dataset
+from oblivio.models import SklearnModel
 
 
 @pytest.fixture(autouse=True)

@@ -326,10 +326,11 @@ def test_plot_unlearning_auc(tmp_path):
 
 
 def test_cli_audit(tmp_path, capsys):
-    parser = argparse.ArgumentParser()
-    command.add_arguments(parser)
-    args = parser.parse_args(
+    from oblivio.cli import main
+
+    code = main(
         [
+            "audit",
             "--dataset",
             "breast-cancer",
             "--model",
@@ -349,7 +350,33 @@ def test_cli_audit(tmp_path, capsys):
             "--quiet",
         ]
     )
-    assert command.run(args) == 0
-    out = capsys.readouterr().out
-    assert "AUC on the target side" in out and "label" in out
-    assert len(UnlearningAttackResults.load(tmp_path / "out.json")) == 2 * 6
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "AUC on the target side" in captured.out and "label" in captured.out
+    assert "protocol: custom (2 originals x 60 records" in captured.out
+    assert captured.err == ""  # --quiet
+    saved = UnlearningAttackResults.load(tmp_path / "out.json")
+    assert len(saved) == 2 * 6
+
+
+def test_cli_audit_protocols():
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    name, sizes = command.protocol(parser.parse_args([]))
+    assert name == "paper"
+    assert sizes == {"n_original": 10, "set_size": 2000, "n_unlearn": 20, "attack_trees": 500}
+    name, sizes = command.protocol(parser.parse_args(["--quick", "--trees", "7"]))
+    assert name == "quick" and sizes["attack_trees"] == 100 and sizes["set_size"] == 200
+    # the target forest's size does not change the attack forest's
+    name, sizes = command.protocol(parser.parse_args(["--trees", "7"]))
+    assert name == "paper" and sizes["attack_trees"] == 500
+    name, sizes = command.protocol(parser.parse_args(["--attack-trees", "50"]))
+    assert name == "custom" and sizes["attack_trees"] == 50
+
+
+def test_cli_audit_paper_protocol_on_small_data_says_what_to_do(capsys):
+    from oblivio.cli import main
+
+    assert main(["audit", "--quiet", "--n-unlearn", "1", "--classifiers", "dt"]) == 2
+    err = capsys.readouterr().err
+    assert "set_size=2000" in err and "--quick" in err

@@ -129,3 +129,19 @@ def test_sequence_speedup_counts_one_retrain_per_request(tmp_path):
     assert record["n_requests"] == 6
     expected = 6 * record["retrain_seconds"] / record["seconds"]
     assert record["speedup"] == pytest.approx(expected)
+
+
+def test_another_config_is_not_mixed_into_a_results_folder(tmp_path):
+    small = {**TINY, "seeds": [0], "unlearners": [{"name": "retrain"}],
+             "requests": [{"kind": "remove", "count": 5}]}
+    runner.run_config(parse_config(small), tmp_path)
+    before = (tmp_path / "results.jsonl").read_text()
+    other = parse_config({**small, "name": "other"})
+    with pytest.raises(ValueError, match=r"holds 1 results of configuration 'tiny'.*'other'"):
+        runner.run_config(other, tmp_path)
+    assert (tmp_path / "results.jsonl").read_text() == before  # nothing written
+    # the same configuration, edited: resumes, and says what stays from before
+    edited = parse_config({**small, "requests": [{"kind": "remove", "count": 4}]})
+    with pytest.warns(UserWarning, match="1 earlier result"):
+        records = runner.run_config(edited, tmp_path)
+    assert len(records) == 2

@@ -135,7 +135,7 @@ def test_relabel_to_the_same_labels_is_empty():
         (lambda: Relabel([10, 11], [1]), r"one label per id: 2 ids, labels of shape \(1,\)"),
         (lambda: Relabel([10], [0.5]), r"labels must be integers, got \[0\.5\]"),
         (lambda: Relabel([10], [np.inf]), r"labels must be integers, got \[inf\]"),
-        (lambda: Relabel([10], ["dog"]), "labels must be integers"),
+        (lambda: Relabel([10], ["dog"]), "labels must be class indices"),
     ],
 )
 def test_bad_relabels_are_refused(request_, message):

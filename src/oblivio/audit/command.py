@@ -4,30 +4,55 @@ Example::
 
     oblivio audit --dataset breast-cancer --model logistic --unlearner retrain \\
         --classifiers dt,lr --defenses none,label,temperature:4 --output audit.json
-    oblivio audit --dataset adult --root ../shared/data/adult --model dt --unlearner sisa
+    oblivio audit --dataset adult --root $OBLIVIO_DATA/adult --model dt --unlearner sisa --quick
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from oblivio.audit._constants import CLASSIFIERS, FEATURES, SETTINGS
 
-from oblivio.audit.unlearning_attack import (
-    CLASSIFIERS,
-    FEATURES,
-    SETTINGS,
-    Defense,
-    collect_posteriors,
-    run_unlearning_attack,
-)
-from oblivio.data import Dataset
+if TYPE_CHECKING:
+    from oblivio.data import Dataset
 
 __all__ = ["MODELS", "add_arguments", "build_model", "run"]
 
 MODELS = ("logistic", "dt", "rf", "sk-mlp", "mlp")
+
+#: Chen et al.'s protocol (CCS 2021, Sec. 5.1; the released code's defaults, which the Python
+#: API's defaults follow): 10 original models per side on 2,000 records each, 20 unlearned
+#: models per original, a 500-tree attack forest.
+PAPER = {"n_original": 10, "set_size": 2000, "n_unlearn": 20, "attack_trees": 500}
+#: A small protocol for a first look (--quick).
+QUICK = {"n_original": 5, "set_size": 200, "n_unlearn": 20, "attack_trees": 100}
+
+
+def _describe(protocol: dict[str, int]) -> str:
+    return (
+        f"{protocol['n_original']} originals x {protocol['set_size']:,} records per side, "
+        f"{protocol['n_unlearn']} unlearned each, {protocol['attack_trees']}-tree attack forest"
+    )
+
+
+def protocol(args: argparse.Namespace) -> tuple[str, dict[str, int]]:
+    """Which protocol the options give: ("paper" | "quick" | "custom", its sizes)."""
+    base = QUICK if args.quick else PAPER
+    chosen = {
+        "n_original": args.n_original if args.n_original is not None else base["n_original"],
+        "set_size": args.set_size if args.set_size is not None else base["set_size"],
+        "n_unlearn": args.n_unlearn if args.n_unlearn is not None else base["n_unlearn"],
+        "attack_trees": args.attack_trees
+        if args.attack_trees is not None
+        else base["attack_trees"],
+    }
+    if chosen == PAPER:
+        return "paper", chosen
+    if chosen == QUICK:
+        return "quick", chosen
+    return "custom", chosen
 
 
 def _csv(text: str) -> list[str]:
@@ -66,19 +91,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "scikit-learn MLP, or oblivio's torch MLP (default: logistic)",
     )
     parser.add_argument("--l2", type=float, default=1e-3, help="l2 of --model logistic/mlp")
-    parser.add_argument("--trees", type=int, default=100, help="trees of --model rf")
+    parser.add_argument(
+        "--trees", type=int, default=100, help="trees of the target model --model rf"
+    )
     parser.add_argument("--epochs", type=int, default=20, help="epochs of --model mlp")
     parser.add_argument(
         "--unlearner", default="retrain", help="registered unlearner name (retrain, sisa, ...)"
     )
     parser.add_argument("--shards", type=int, default=10, help="shards of --unlearner sisa")
     parser.add_argument("--setting", choices=SETTINGS, default="in_out")
-    parser.add_argument("--n-original", type=int, default=5, help="original models per side")
     parser.add_argument(
-        "--set-size", type=int, default=200, help="training records of each original model"
+        "--n-original",
+        type=int,
+        default=None,
+        help=f"original models per side (default {PAPER['n_original']}, "
+        f"--quick {QUICK['n_original']})",
     )
     parser.add_argument(
-        "--n-unlearn", type=int, default=20, help="unlearned models per original model"
+        "--set-size",
+        type=int,
+        default=None,
+        help=f"training records of each original model (default {PAPER['set_size']:,}, "
+        f"--quick {QUICK['set_size']})",
+    )
+    parser.add_argument(
+        "--attack-trees",
+        type=int,
+        default=None,
+        help=f"trees of the attack's random forest (classifier rf; default "
+        f"{PAPER['attack_trees']}, --quick {QUICK['attack_trees']}); independent of --trees",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"the small protocol: {_describe(QUICK)} (minutes instead of the paper's hours)",
+    )
+    parser.add_argument(
+        "--n-unlearn",
+        type=int,
+        default=None,
+        help=f"unlearned models per original model (default {PAPER['n_unlearn']})",
     )
     parser.add_argument("--n-delete", type=int, default=1, help="records deleted per request")
     parser.add_argument(
@@ -101,7 +153,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default=None, help="write the results as JSON here")
-    parser.add_argument("--quiet", action="store_true", help="no progress messages")
 
 
 def build_model(
@@ -116,7 +167,7 @@ def build_model(
 ) -> Any:
     """The target/shadow model template ``name`` (one of :data:`MODELS`)."""
     from oblivio import models
-    from oblivio.audit.mia import SklearnModel
+    from oblivio.models import SklearnModel
 
     if name == "logistic":
         return models.LogisticRegression(l2=l2, fit_intercept=True)
@@ -147,7 +198,10 @@ def build_model(
 
 
 def _pooled(args: argparse.Namespace) -> Dataset:
+    import numpy as np
+
     from oblivio import datasets
+    from oblivio.data import Dataset
 
     normalize = None if args.normalize == "none" else args.normalize
     split = datasets.load(args.dataset, root=args.root, normalize=normalize, seed=args.seed)
@@ -166,6 +220,9 @@ def _pooled(args: argparse.Namespace) -> Dataset:
 
 def run(args: argparse.Namespace) -> int:
     """Run the audit and print the AUC tables."""
+    from oblivio._progress import task
+    from oblivio.audit.unlearning_attack import Defense, collect_posteriors, run_unlearning_attack
+
     data = _pooled(args)
     model = build_model(
         args.model,
@@ -181,39 +238,58 @@ def run(args: argparse.Namespace) -> int:
         options = {"shards": args.shards, "seed": args.seed}
     defenses = [Defense.parse(d) for d in args.defenses]  # fail early on a typo
 
-    def progress(side: str, done: int, total: int) -> None:
-        if not args.quiet:
-            print(f"  {side}: {done}/{total} original models", file=sys.stderr, flush=True)
-
+    name, sizes = protocol(args)
     if not args.quiet:
         print(
             f"oblivio audit: {data.name} ({len(data)} records), model {args.model}, "
-            f"unlearner {args.unlearner}, setting {args.setting}",
+            f"unlearner {args.unlearner}, setting {args.setting}\n"
+            f"protocol: {name} ({_describe(sizes)})"
+            + (" = Chen et al.'s" if name == "paper" else ", not Chen et al.'s")
+            + (", --quick for a small one" if name == "paper" else ""),
             file=sys.stderr,
+            flush=True,
         )
-    rows = collect_posteriors(
-        data,
-        model,
-        unlearner=args.unlearner,
-        unlearner_options=options,
-        setting=args.setting,
-        n_original=args.n_original,
-        set_size=args.set_size,
-        n_unlearn=args.n_unlearn,
-        n_delete=args.n_delete,
-        seed=args.seed,
-        progress=progress,
-    )
+    with task("audit: original models", total=2 * sizes["n_original"]) as bar:
+        sides: dict[str, int] = {}
+
+        def progress(side: str, done: int, total: int) -> None:
+            sides[side] = done
+            bar.update(sum(sides.values()), note=side)
+
+        try:
+            rows = collect_posteriors(
+                data,
+                model,
+                unlearner=args.unlearner,
+                unlearner_options=options,
+                setting=args.setting,
+                n_original=sizes["n_original"],
+                set_size=sizes["set_size"],
+                n_unlearn=sizes["n_unlearn"],
+                n_delete=args.n_delete,
+                seed=args.seed,
+                progress=progress,
+            )
+        except ValueError as error:
+            if "set_size" not in str(error):
+                raise
+            raise ValueError(
+                f"{error}. Chen et al.'s protocol trains each original model on "
+                f"{PAPER['set_size']:,} records, which needs a larger data set (e.g. --dataset "
+                "adult); on small data use --quick or a smaller --set-size"
+            ) from error
     results = run_unlearning_attack(
         rows,
         features=args.features,
         classifiers=args.classifiers,
         defenses=defenses,
         seed=args.seed,
-        classifier_options={"rf": {"n_estimators": args.trees}},
+        classifier_options={"rf": {"n_estimators": sizes["attack_trees"]}},
     )
+    results.metadata["protocol"] = {"name": name, **sizes}
     results.metadata["model_name"] = args.model
     print(results.summary())
+    print(f"protocol: {name} ({_describe(sizes)})")
     print(
         f"time: {rows.metadata['seconds']:.1f} s to train and unlearn, "
         f"{results.metadata['attack_seconds']:.1f} s for the attacks"

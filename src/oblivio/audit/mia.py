@@ -34,10 +34,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from oblivio._io import write_json
 from oblivio.data import Dataset
+from oblivio.models.sklearn_adapter import SklearnModel  # noqa: F401  (moved to models)
 
 __all__ = [
     "AttackInputData",
@@ -115,78 +115,6 @@ def fit_clone(model: Any, data: Dataset) -> Any:
 def _flat(data: Dataset) -> np.ndarray:
     X = data.dense()
     return np.asarray(X).reshape(len(data), -1)
-
-
-class SklearnModel:
-    """Adapter giving a scikit-learn classifier the oblivio model interface.
-
-    With it, the original target and shadow models of Chen et al. (decision tree, random
-    forest, scikit-learn MLP; unlearning-mia.md, Sec. 3) can be unlearned by the unlearners
-    that only retrain (``"retrain"``, ``"sisa"`` with ``slices=1``). ``predict_proba`` always
-    has one column per class of the training :class:`Dataset` (classes the estimator did not
-    see get probability 0). The model has no parameter vector: ``theta`` is an empty tensor,
-    so gradient-based unlearners do not apply.
-
-    Parameters
-    ----------
-    estimator : sklearn classifier
-        Unfitted template; ``fit`` trains a ``sklearn.base.clone`` of it.
-    """
-
-    l2 = 0.0
-
-    def __init__(self, estimator: Any) -> None:
-        self.estimator = estimator
-
-    def get_params(self) -> dict[str, Any]:
-        return {"estimator": self.estimator}
-
-    def clone(self) -> SklearnModel:
-        return SklearnModel(self.estimator)
-
-    def fit(self, data: Dataset, *, init: Any = None, epochs: int | None = None) -> SklearnModel:
-        """Train a clone of the estimator on ``data`` (``init``/``epochs`` are ignored)."""
-        from sklearn.base import clone
-
-        self.n_classes_ = data.n_classes
-        self.estimator_ = clone(self.estimator).fit(_flat(data), data.y)
-        return self
-
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Probabilities, shape (n, n_classes) of the training data's class list."""
-        if not hasattr(self, "estimator_"):
-            from oblivio.models.base import NotFittedError
-
-            raise NotFittedError("SklearnModel is not fitted; call fit(data) first")
-        X = np.asarray(_features(X))
-        P = self.estimator_.predict_proba(X.reshape(X.shape[0], -1))
-        full = np.zeros((P.shape[0], self.n_classes_))
-        full[:, np.asarray(self.estimator_.classes_, dtype=np.int64)] = P
-        return full
-
-    def predict(self, X: Any) -> np.ndarray:
-        return np.argmax(self.predict_proba(X), axis=1)
-
-    @property
-    def theta(self) -> torch.Tensor:
-        """Empty: a scikit-learn estimator has no flat parameter vector here."""
-        return torch.zeros(0, dtype=torch.float64)
-
-    @theta.setter
-    def theta(self, value: Any) -> None:
-        if torch.as_tensor(value).numel():
-            raise ValueError("SklearnModel has no parameter vector; theta must be empty")
-
-    def get_state(self) -> dict[str, Any]:
-        return {"__meta__": {"class": type(self.estimator).__name__}}
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError(
-            "SklearnModel cannot be restored from arrays; refit it (use slices=1 with SISA)"
-        )
-
-    def __repr__(self) -> str:
-        return f"SklearnModel({self.estimator!r})"
 
 
 # -- per-record statistics ------------------------------------------------------------------

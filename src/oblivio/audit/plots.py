@@ -234,7 +234,10 @@ def plot_certificate_budget(
     figure, ax = _axes(ax, (6.0, 4.0))
     steps = np.arange(1, len(results) + 1)
     used = np.array([c.budget_used for c in certificates])
-    ax.plot(steps, used, color="C0", label="accumulated bound")
+    # Markers: after a single request a line alone would draw nothing.
+    ax.plot(steps, used, color="C0", marker="o", markersize=4, label="accumulated bound")
+    ax.set_xlim(0.5, len(results) + 0.5)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     last = certificates[-1]
     ax.axhline(last.budget_total, color="C3", linewidth=1.0,
                label=f"budget at epsilon = {last.epsilon:g}")

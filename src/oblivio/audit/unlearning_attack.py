@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 
 from oblivio._io import write_json
+from oblivio.audit._constants import CLASSIFIERS, FEATURES, SETTINGS
 from oblivio.audit.mia import (
     RocCurve,
     _read_json,
@@ -72,18 +73,8 @@ __all__ = [
     "unlearning_attack",
 ]
 
-FEATURES = ("direct_diff", "sorted_diff", "euclidean", "direct_concat", "sorted_concat")
-"""The five feature constructions of Chen et al. (Sec. 3.3; code names ``direct_diff``,
-``sorted_diff``, ``l2_distance``, ``direct_concat``, ``sorted_concat``)."""
-
 BASELINE = "classical"
 """The classical membership-inference baseline: the attack sees P_o only."""
-
-CLASSIFIERS = ("dt", "rf", "lr", "mlp")
-"""Attack classifiers with the reference's hyper-parameters (:func:`make_attack_classifier`)."""
-
-SETTINGS = ("in_out", "multi_version", "in_in", "online", "null")
-"""Unlearning settings of :func:`collect_posteriors`."""
 
 
 # -- feature constructions ------------------------------------------------------------------
@@ -569,7 +560,7 @@ def collect_posteriors(
         All N records (shadow and target sides are halves of it).
     model : model
         Template of the original models (an oblivio model or a
-        :class:`~oblivio.audit.mia.SklearnModel`).
+        :class:`~oblivio.models.SklearnModel`).
     unlearner : str
         A registered unlearner name (``oblivio.unlearners.available()``), e.g. ``"retrain"``
         or ``"sisa"``.

@@ -49,16 +49,16 @@ import numpy as np
 
 from oblivio._io import write_json, write_text
 from oblivio.audit.exposure import exposure_skewnormal
-from oblivio.data.text import CharCorpus, load_text, replace_secret
-
-DEFAULT_CORPUS = "../shared/data/alice/alice_in_wonderland.txt"
+from oblivio.data.text import CharCorpus, alice_path, load_text, replace_secret
 
 
 @dataclass
 class CanarySettings:
     """Sizes that train in a few minutes on 2 CPU cores (defaults) or seconds (``quick``)."""
 
-    corpus: str = DEFAULT_CORPUS
+    #: The text to train on; ``None`` finds Alice in Wonderland like the ``alice`` loader
+    #: (``$OBLIVIO_DATA/alice/alice_in_wonderland.txt``, ...; see ``alice_path``).
+    corpus: str | None = None
     skip: int = 265
     max_chars: int | None = 40_000
     prefix: str = "`my telephone number is "
@@ -172,6 +172,11 @@ def _last_layer_names(module: Any) -> list[str]:
     return [name for name in names if name.rsplit(".", 1)[0] == last_prefix]
 
 
+def count_steps(settings: CanarySettings) -> int:
+    """Steps :func:`run_canary` reports through ``progress``: training, then one per variant."""
+    return 1 + sum(len(_variants(name, settings)) for name in settings.methods)
+
+
 def _variants(name: str, settings: CanarySettings) -> list[tuple[str, str, str, dict]]:
     """``(row label, registry name, layers, options)`` for a method name of the settings."""
     if name == "first-order":
@@ -218,7 +223,7 @@ def run_canary(
     progress = progress or (lambda message: None)
     canary = settings.prefix + settings.secret + settings.suffix
     corpus, split = load_text(
-        settings.corpus,
+        settings.corpus if settings.corpus is not None else alice_path(),
         window=settings.window,
         skip=settings.skip,
         max_chars=settings.max_chars,

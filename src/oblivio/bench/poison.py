@@ -162,6 +162,11 @@ def _gradients(name: str, result: Any, settings: PoisonSettings, n: int) -> floa
     return float("nan")
 
 
+def count_steps(settings: PoisonSettings) -> int:
+    """Steps :func:`run_poison_repair` reports: training, one per method, the clean reference."""
+    return 1 + len(settings.methods) + int("retrain" not in settings.methods)
+
+
 def run_poison_repair(
     settings: PoisonSettings, progress: Callable[[str], None] | None = None
 ) -> dict[str, Any]:

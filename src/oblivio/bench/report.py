@@ -80,6 +80,53 @@ def _figure_png(figure: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
+_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+
+
+def method_colours(methods: Any) -> dict[str, Any]:
+    """One colour per method, the same in every plot of a report (sorted names)."""
+    import matplotlib
+
+    names = sorted({str(m) for m in methods})
+    palette = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {name: palette(i % palette.N) for i, name in enumerate(names)}
+
+
+def model_markers(models: Any) -> dict[str, str]:
+    """One marker shape per model (sorted names)."""
+    names = sorted({str(m) for m in models})
+    return {name: _MARKERS[i % len(_MARKERS)] for i, name in enumerate(names)}
+
+
+def _two_legends(axis: Any, colours: dict[str, Any], markers: dict[str, str]) -> None:
+    """Colour = method, shape = model: two legends with proxy handles."""
+    from matplotlib.lines import Line2D
+
+    def handle(**style: Any) -> Line2D:
+        return Line2D([], [], linestyle="", markersize=6, **style)
+
+    methods = axis.legend(
+        [handle(marker="o", color=c) for c in colours.values()],
+        list(colours),
+        title="method",
+        fontsize=6,
+        title_fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+    )
+    if len(markers) > 1:
+        axis.add_artist(methods)
+        axis.legend(
+            [handle(marker=m, color="0.3") for m in markers.values()],
+            list(markers),
+            title="model",
+            fontsize=6,
+            title_fontsize=7,
+            loc="lower left",
+            bbox_to_anchor=(1.01, 0.0),
+        )
+
+
 def plots(records: list[dict[str, Any]]) -> dict[str, str]:
     """Base64 PNGs: speed-up vs gap, ROC curves, certified budget, exposure (if any)."""
     import matplotlib
@@ -92,42 +139,64 @@ def plots(records: list[dict[str, Any]]) -> dict[str, str]:
         return images
     frame = pd.DataFrame.from_records(records)
 
+    colours = method_colours(frame["method"])
+    markers = model_markers(frame["model"]) if "model" in frame.columns else {}
+
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
-    for method, group in frame.groupby("method"):
-        axis.scatter(group["speedup"].clip(lower=1e-3), group["gap_test"], label=method, s=28)
+    for (method, model), group in frame.groupby(["method", "model"], sort=False):
+        axis.scatter(
+            group["speedup"].clip(lower=1e-3),
+            group["gap_test"],
+            color=colours[method],
+            marker=markers.get(model, "o"),
+            s=28,
+        )
     axis.set_xscale("log")
     axis.set_xlabel("speed-up over retraining from scratch (log)")
     axis.set_ylabel("|test accuracy − retrained|")
     axis.set_title("Speed-up vs gap to retraining (each point a cell)")
     axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, ncol=2)
+    _two_legends(axis, colours, markers)
     images["Speed-up vs gap to retraining"] = _figure_png(figure)
 
     if "roc" in frame.columns:
-        figure, axis = plt.subplots(figsize=(5.2, 4.6))
+        figure, axis = plt.subplots(figsize=(5.6, 4.8))
         seen = set()
         for record in records:
             roc = record.get("roc") or {}
             if not roc.get("fpr") or record["method"] in seen:
                 continue
             seen.add(record["method"])
+            cell = "/".join(str(record.get(k, "?")) for k in ("dataset", "model", "request"))
             axis.plot(
-                roc["fpr"], roc["tpr"], label=f"{record['method']} (AUC {record['mia_auc']:.2f})"
+                roc["fpr"],
+                roc["tpr"],
+                color=colours[record["method"]],
+                label=f"{record['method']}: {cell}, seed {record.get('seed', '?')} "
+                f"(AUC {record['mia_auc']:.2f})",
             )
         axis.plot([0, 1], [0, 1], "k--", lw=0.8)
         axis.set_xlabel("false positive rate")
         axis.set_ylabel("true positive rate")
-        axis.set_title("Loss-threshold MIA on the forget set (first cell per method)")
-        axis.legend(fontsize=7)
+        axis.set_title(
+            "Loss-threshold MIA on the forget set\none cell per method (the table's AUCs are "
+            "means over seeds)",
+            fontsize=9,
+        )
+        axis.legend(fontsize=6)
         images["ROC curves of the membership-inference audit"] = _figure_png(figure)
 
-    traces = [r for r in records if len(r.get("budget_trace") or []) > 1]
+    traces = [r for r in records if r.get("budget_trace")]
     if traces:
         figure, axis = plt.subplots(figsize=(6.5, 4.2))
         for record in traces[:6]:
             used = [step["used"] for step in record["budget_trace"]]
             axis.plot(
-                range(1, len(used) + 1), used, label=f"{record['method']} seed {record['seed']}"
+                range(1, len(used) + 1),
+                used,
+                marker="o",  # visible after a single request too
+                markersize=3,
+                label=f"{record['method']} seed {record['seed']}",
             )
             retrains = [i + 1 for i, step in enumerate(record["budget_trace"]) if step["retrained"]]
             axis.scatter(retrains, [used[i - 1] for i in retrains], marker="x", color="red")

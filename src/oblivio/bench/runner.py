@@ -16,6 +16,7 @@ import os
 import platform
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -352,6 +353,42 @@ def _append_record(out: Path, record: dict[str, Any]) -> None:
         os.fsync(handle.fileno())
 
 
+def _check_same_experiment(config: Config, out: Path) -> None:
+    """Refuse to mix another configuration's cells into ``out``; warn when an edited
+    configuration leaves records of cells it no longer has (resuming stays possible).
+
+    Raises
+    ------
+    ValueError
+        When ``out`` already holds results of a configuration with another name.
+    """
+    stored_path = out / "config.json"
+    records = read_records(out)
+    if not records or not stored_path.is_file():
+        return
+    try:
+        stored = json.loads(stored_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        stored = {}
+    previous = stored.get("name")
+    if previous != config.name:
+        raise ValueError(
+            f"{out} holds {len(records)} results of configuration {previous!r}; running "
+            f"{config.name!r} there would mix their cells in one table. Use another --out "
+            "folder (or remove this one to start over)."
+        )
+    current = {cell.key for cell in config.cells()}
+    stale = sorted({r["cell"] for r in records} - current)
+    if stale:
+        warnings.warn(
+            f"{out}: {len(stale)} earlier result(s) of {config.name!r} belong to cells this "
+            f"version of the configuration no longer has (e.g. {stale[0]}); they stay in "
+            "results.jsonl and in its report",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def run_config(
     config: Config,
     out: str | Path,
@@ -375,6 +412,7 @@ def run_config(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _check_same_experiment(config, out)
     write_json(out / "config.json", config.to_dict())
     write_json(out / "environment.json", environment())
     done_keys = {record["cell"] for record in read_records(out)}

@@ -47,7 +47,19 @@ def _preview(values: Iterable[Any], limit: int = 10) -> str:
 
 
 def as_id_array(ids: ArrayLike, what: str = "ids") -> np.ndarray:
-    """Convert ``ids`` to a 1-d int64 array, refusing floats with fractions and other junk."""
+    """Convert ``ids`` to a 1-d int64 array, refusing floats with fractions and other junk.
+
+    Lists, arrays, ranges, sets (taken in sorted order) and other iterables (generators) are
+    accepted; unsigned ids beyond the int64 range are refused rather than wrapped around.
+    """
+    if isinstance(ids, (set, frozenset)):
+        ids = sorted(ids)
+    elif (
+        isinstance(ids, Iterable)
+        and not isinstance(ids, (np.ndarray, list, tuple, range, str, bytes))
+        and not hasattr(ids, "__array__")
+    ):
+        ids = list(ids)  # generators and other one-shot iterables
     array = np.asarray(ids)
     if array.ndim == 0:
         array = array.reshape(1)
@@ -59,6 +71,17 @@ def as_id_array(ids: ArrayLike, what: str = "ids") -> np.ndarray:
         if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
             bad = array[~np.isfinite(array) | (array != np.round(array))]
             raise RequestError(f"{what} must be integers, got {_preview(bad)}")
+    elif array.dtype.kind == "u" and array.dtype.itemsize == 8:
+        too_big = array[array > np.iinfo(np.int64).max]
+        if too_big.size:
+            raise RequestError(
+                f"{what} must fit in int64 (<= 2**63 - 1), got {_preview(too_big.tolist())}"
+            )
+    elif array.dtype.kind == "O":
+        try:
+            return as_id_array(np.asarray(array.tolist(), dtype=np.int64), what)
+        except (TypeError, ValueError, OverflowError):
+            raise RequestError(f"{what} must be integers, got {_preview(array.tolist())}") from None
     elif array.dtype.kind not in "iu":
         raise RequestError(f"{what} must be integers, got dtype {array.dtype}")
     return array.astype(np.int64)
@@ -198,6 +221,11 @@ class Dataset:
         return (int(self._rows.size),) + tuple(self._source.shape[1:])
 
     # -- basic facts -------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        """Number of records (``len(data)``)."""
+        return self.shape[0]
+
     def __len__(self) -> int:
         return int(self.y.shape[0])
 

@@ -35,6 +35,7 @@ import json
 import os
 import pickle
 import struct
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -1058,8 +1059,74 @@ def _encode_labels(*parts: np.ndarray) -> tuple[list[np.ndarray], tuple[Any, ...
     return [np.searchsorted(classes, p).astype(np.int64) for p in parts], names
 
 
+_INDEX_NAMES = ("", "unnamed: 0", "index")
+
+
+def _index_column(
+    path: Path, cells: np.ndarray, header: bool, candidates: list[int], index_col: Any
+) -> int | None:
+    """Which column (if any) is a row index to drop: ``index_col``, or detected when "auto".
+
+    Detected: the first column when its header is empty, ``Unnamed: 0`` or ``index`` (what
+    ``pandas.DataFrame.to_csv`` writes) and it holds the integers 0..n-1 or 1..n.
+    """
+    if index_col is None:
+        return None
+    first = [c.strip() for c in cells[0]] if header else None
+    if index_col != "auto":
+        if isinstance(index_col, str):
+            if first is None or index_col not in first:
+                raise ValueError(f"{path}: index_col={index_col!r} is not a column name")
+            return first.index(index_col)
+        if not -cells.shape[1] <= int(index_col) < cells.shape[1]:
+            raise ValueError(f"{path}: index_col={index_col} out of range")
+        return int(index_col) % cells.shape[1]
+    if not header or not candidates or candidates[0] != 0:
+        return None
+    if first[0].lower() not in _INDEX_NAMES:
+        return None
+    values = cells[1:, 0]
+    if not all(_is_number(v) for v in values):
+        return None
+    numbers = values.astype(np.float64)
+    n = len(numbers)
+    counting = np.array_equal(numbers, np.arange(n)) or np.array_equal(numbers, np.arange(n) + 1)
+    if n and counting:
+        warnings.warn(
+            f"{path}: first column {first[0]!r} is a row index (0..n-1); it is dropped, not "
+            "used as a feature (pass index_col=None to keep it)",
+            UserWarning,
+            stacklevel=4,
+        )
+        return 0
+    return None
+
+
+def _check_label_values(path: Path, labels: np.ndarray) -> None:
+    """Refuse a label column of non-integer numbers (a regression target, not classes)."""
+    if not labels.size or not all(_is_number(v) for v in labels[: min(len(labels), 1000)]):
+        return
+    try:
+        values = labels.astype(np.float64)
+    except ValueError:
+        return
+    fractional = np.unique(values[np.isfinite(values) & (values != np.round(values))])
+    if fractional.size:
+        distinct = np.unique(values).size
+        raise ValueError(
+            f"{path}: the label column holds {distinct} distinct numbers, some with fractions "
+            f"(e.g. {', '.join(f'{v:g}' for v in fractional[:3])}): it looks like a regression "
+            "target, and oblivio's models classify. Bin it into classes first, or choose the "
+            "label column with label=<name or position>."
+        )
+
+
 def _read_csv_table(
-    path: Path, label: int | str, header: bool | None, delimiter: str
+    path: Path,
+    label: int | str,
+    header: bool | None,
+    delimiter: str,
+    index_col: Any = "auto",
 ) -> tuple[np.ndarray, np.ndarray, list[str] | None]:
     """Features (float64), raw labels and feature names of one CSV file."""
     import pandas as pd
@@ -1095,6 +1162,12 @@ def _read_csv_table(
     feature_columns = [j for j in range(cells.shape[1]) if j != column]
     if header is None:  # a header when any feature cell of the first row is not a number
         header = not all(_is_number(cells[0, j]) for j in feature_columns)
+    index = _index_column(path, cells, header, feature_columns, index_col)
+    if index == column:
+        raise ValueError(f"{path}: index_col and label are the same column ({column})")
+    feature_columns = [j for j in feature_columns if j != index]
+    if not feature_columns:
+        raise ValueError(f"{path}: no feature columns left besides the label and the index")
     names = [cells[0, j].strip() for j in feature_columns] if header else None
     body = cells[1:] if header else cells
     try:
@@ -1108,7 +1181,9 @@ def _read_csv_table(
             f"{path}: non-numeric or missing feature value {str(body[i, j])!r} at line "
             f"{i + 1 + int(header)}, column {j + 1} ({len(bad)} such cells)"
         ) from None
-    return X, np.char.strip(body[:, column]), names
+    labels = np.char.strip(body[:, column])
+    _check_label_values(path, labels)
+    return X, labels, names
 
 
 @register_loader("csv", "a CSV file: 'csv:<path>' (options label=, test=, test_size=, header=)")
@@ -1122,6 +1197,7 @@ def _load_csv(
     header: bool | None = None,
     delimiter: str = ",",
     name: str | None = None,
+    index_col: int | str | None = "auto",
 ) -> Split:
     """A CSV file of numeric features and one label column.
 
@@ -1139,13 +1215,17 @@ def _load_csv(
         non-numeric feature cell).
     delimiter : str
         Field separator.
+    index_col : int, str, None or "auto"
+        A row-index column to drop (never a feature). ``"auto"`` drops a first column headed
+        ``""``, ``Unnamed: 0`` or ``index`` holding 0..n-1 or 1..n (as ``DataFrame.to_csv``
+        writes it), with a warning; ``None`` keeps every column.
 
     Labels are mapped to ``0..k-1`` in sorted order (numbers numerically, otherwise as
     strings); ``classes`` holds the original values. Ids are the data-row numbers of the
     file (0-based, header excluded); rows of a separate ``test`` file continue after them.
     """
     train_path = _resolve(root, path)
-    X, labels, names = _read_csv_table(train_path, label, header, delimiter)
+    X, labels, names = _read_csv_table(train_path, label, header, delimiter, index_col)
     title = name or train_path.stem
     if test is None:
         (y,), classes = _encode_labels(labels)
@@ -1153,7 +1233,9 @@ def _load_csv(
             X, y, test_size=test_size, seed=seed, name=title, classes=classes, feature_names=names
         )
     test_path = _resolve(root, test)
-    X_test, labels_test, names_test = _read_csv_table(test_path, label, header, delimiter)
+    X_test, labels_test, names_test = _read_csv_table(
+        test_path, label, header, delimiter, index_col
+    )
     if X_test.shape[1] != X.shape[1]:
         raise ValueError(
             f"{test_path} has {X_test.shape[1]} feature columns, {train_path} {X.shape[1]}"

@@ -150,7 +150,11 @@ def _as_labels(labels: ArrayLike) -> np.ndarray:
         if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
             raise RequestError(f"labels must be integers, got {_preview(array)}")
     elif array.size and array.dtype.kind not in "iu":
-        raise RequestError(f"labels must be integers, got dtype {array.dtype}")
+        raise RequestError(
+            f"labels must be class indices (integers into Dataset.classes), got dtype "
+            f"{array.dtype}: {_preview(array.ravel().tolist())}; to relabel by class name use "
+            "labels=[list(train.classes).index(name) for name in names]"
+        )
     return array.astype(np.int64)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from oblivio.data.dataset import Dataset, Split
-from oblivio.data.loaders import DataNotFoundError, data_root, register_loader
+from oblivio.data.loaders import DataNotFoundError, register_loader, search_folders
 from oblivio.data.requests import Replace
 
 __all__ = ["CharCorpus", "insert_canary", "load_text", "replace_secret"]
@@ -169,9 +169,41 @@ def load_text(
     return corpus, Split(train, test)
 
 
-def _alice_path(root: Path | None) -> Path:
-    folder = data_root(root, "../shared/data/alice")
-    return folder / "alice_in_wonderland.txt" if folder.is_dir() else folder
+ALICE_FILE = "alice_in_wonderland.txt"
+
+
+def alice_path(root: str | Path | None = None) -> Path:
+    """Where the canary corpus is: ``root`` (a folder or the file), else the first of
+    ``$OBLIVIO_DATA/alice/``, ``$OBLIVIO_DATA/`` and ``~/.oblivio/data/alice/`` holding
+    ``alice_in_wonderland.txt``.
+
+    Raises
+    ------
+    DataNotFoundError
+        Naming every place looked in and where the text comes from.
+    """
+    if root is not None and Path(root).is_file():
+        return Path(root)
+    looked = [
+        folder / ALICE_FILE
+        for folder in search_folders("alice", None if root is None else Path(root))
+    ]
+    for candidate in looked:
+        if candidate.is_file():
+            return candidate
+    raise DataNotFoundError(
+        f"{ALICE_FILE} not found; looked in: {', '.join(str(p) for p in looked)}. Pass the "
+        "folder holding it (root=, or --corpus FILE on the command line), or set OBLIVIO_DATA "
+        "to the folder with the seed data (it holds alice/). Project Gutenberg eBook #11."
+    )
+
+
+def _alice_present(root: Path | None) -> bool:
+    try:
+        alice_path(root)
+    except DataNotFoundError:
+        return False
+    return True
 
 
 @register_loader(
@@ -185,14 +217,8 @@ def _load_text_split(root: Path | None, seed: int | None, path: str, **options) 
 @register_loader(
     "alice",
     "Alice in Wonderland character windows (Warnecke et al.'s canary corpus; user-supplied)",
-    is_present=lambda root: _alice_path(root).is_file(),
+    is_present=_alice_present,
 )
 def _load_alice(root: Path | None, seed: int | None, **options) -> Split:
-    path = _alice_path(root)
-    if not path.is_file():
-        raise DataNotFoundError(
-            f"alice_in_wonderland.txt not found at {path}; pass root= the folder holding it "
-            "(e.g. ../shared/data/alice) or set OBLIVIO_DATA. Project Gutenberg eBook #11."
-        )
     options.setdefault("skip", 265)
-    return load_text(path, **options)[1]
+    return load_text(alice_path(root), **options)[1]

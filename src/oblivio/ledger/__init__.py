@@ -6,19 +6,30 @@
 True
 """
 
-from oblivio.ledger.ledger import Ledger, RequestIdConflictError
-from oblivio.ledger.records import LedgerEntry, RecordStatus, VerifyReport
-from oblivio.ledger.snapshots import SnapshotError
-from oblivio.ledger.storage import LedgerBusyError, SQLiteStorage, Storage
+from __future__ import annotations
 
-__all__ = [
-    "Ledger",
-    "LedgerBusyError",
-    "LedgerEntry",
-    "RecordStatus",
-    "RequestIdConflictError",
-    "SQLiteStorage",
-    "SnapshotError",
-    "Storage",
-    "VerifyReport",
-]
+import importlib
+from typing import Any
+
+# Loaded on first use (PEP 562): ``oblivio ledger --help`` must not pay for torch.
+_NAMES = {
+    "Ledger": "oblivio.ledger.ledger",
+    "RequestIdConflictError": "oblivio.ledger.ledger",
+    "LedgerEntry": "oblivio.ledger.records",
+    "RecordStatus": "oblivio.ledger.records",
+    "VerifyReport": "oblivio.ledger.records",
+    "SnapshotError": "oblivio.ledger.snapshots",
+    "LedgerBusyError": "oblivio.ledger.storage",
+    "SQLiteStorage": "oblivio.ledger.storage",
+    "Storage": "oblivio.ledger.storage",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _NAMES:
+        raise AttributeError(f"module 'oblivio.ledger' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_NAMES[name]), name)
+    globals()[name] = value
+    return value

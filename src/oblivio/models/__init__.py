@@ -3,6 +3,7 @@
 from oblivio.models.base import BaseModel, Model, NotFittedError
 from oblivio.models.logistic import ConvergenceWarning, LogisticRegression
 from oblivio.models.nets import MLP, CharLSTM, SmallCNN
+from oblivio.models.sklearn_adapter import PipelineModel, SklearnModel, from_sklearn
 from oblivio.models.torch_model import TorchModel
 
 __all__ = [
@@ -13,6 +14,9 @@ __all__ = [
     "LogisticRegression",
     "Model",
     "NotFittedError",
+    "PipelineModel",
+    "SklearnModel",
     "SmallCNN",
     "TorchModel",
+    "from_sklearn",
 ]

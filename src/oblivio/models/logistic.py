@@ -88,7 +88,17 @@ class LogisticRegression(BaseModel):
         self._design_cache: tuple[Any, Any] | None = None
 
     # -- set-up ------------------------------------------------------------------------
+    def _l2(self) -> float:
+        if self.l2 is None:
+            raise ValueError(
+                "l2 is None: this model was adopted from scikit-learn without n_samples, so "
+                "its objective is unknown; use ob.models.from_sklearn(estimator, "
+                "n_samples=len(train)) (l2 = 1 / (C n)) or set model.l2"
+            )
+        return self.l2
+
     def _check_params(self) -> None:
+        self._l2()
         if not (np.isfinite(self.l2) and self.l2 > 0):
             raise ValueError(f"l2 must be a positive finite number, got {self.l2!r}")
         if self.multi_class not in ("auto", "ovr", "multinomial"):
@@ -187,7 +197,7 @@ class LogisticRegression(BaseModel):
             R = curvature * (A - np.sum(curvature * A, axis=1, keepdims=True))
         else:
             R = curvature * A
-        return np.asarray(X.T @ R).T + self.l2 * len(data) * V
+        return np.asarray(X.T @ R).T + self._l2() * len(data) * V
 
     def _hessian_np(self, data: Dataset, W: np.ndarray) -> np.ndarray:
         mode, curvature, X = self._curvature(data, W)
@@ -213,7 +223,7 @@ class LogisticRegression(BaseModel):
                         H[cols, rows] = block.T
             else:
                 H[rows, rows] = gram(curvature[:, a])
-        H[np.diag_indices_from(H)] += self.l2 * len(data)
+        H[np.diag_indices_from(H)] += self._l2() * len(data)
         return H
 
     def _noise_np(self, size: int) -> np.ndarray | None:
@@ -227,7 +237,7 @@ class LogisticRegression(BaseModel):
     def _objective_grad_np(self, data: Dataset, flat: np.ndarray) -> tuple[float, np.ndarray]:
         W = self._theta_matrix(data, flat)
         loss, grad = self._loss_grad_np(data, W)
-        flat_grad = grad.ravel() + self.l2 * len(data) * flat
+        flat_grad = grad.ravel() + self._l2() * len(data) * flat
         value = loss + 0.5 * self.l2 * len(data) * float(flat @ flat)
         noise = self._noise_np(flat.size)
         if noise is not None:
@@ -261,7 +271,10 @@ class LogisticRegression(BaseModel):
             method="L-BFGS-B",
             options={"maxiter": self.max_iter, "gtol": 1e-10, "ftol": 1e-15, "maxcor": 20},
         )
+        self._newton_steps = 0
         self._theta = self._newton_polish(data, solution.x)
+        #: Solver iterations of the last fit: L-BFGS iterations plus Newton polishing steps.
+        self.n_iter_ = int(solution.nit) + self._newton_steps
         self._shape = (n_vectors, width)
         self._mode = mode
         return self
@@ -296,6 +309,7 @@ class LogisticRegression(BaseModel):
             if np.linalg.norm(new_grad) >= grad_norm and new_value >= value:
                 break  # no further progress possible in floating point
             flat, value, grad = candidate, new_value, new_grad
+            self._newton_steps = getattr(self, "_newton_steps", 0) + 1
         grad_norm = float(np.linalg.norm(grad))
         if grad_norm > self.tol:
             warnings.warn(

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
+from oblivio import _progress as _progress_utility
 from oblivio.data import Dataset
 from oblivio.models.base import BaseModel, NotFittedError
 
@@ -486,7 +487,9 @@ class TorchModel(BaseModel):
                             )
                         objective.backward()
                         opt.step()
-                        bar.advance(objective.item() if self.verbose else None)
+                        bar.advance(
+                            note=f"loss {objective.item():.4f}" if bar.mode != "off" else None
+                        )
         finally:
             module.eval()
             for p, flag in zip(everything, flags, strict=True):
@@ -652,44 +655,9 @@ class TorchModel(BaseModel):
         return f"TorchModel({type(self.module).__name__}, {options})"
 
 
-class _Silent:
-    def __enter__(self) -> _Silent:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-    def advance(self, loss: float | None) -> None:
-        return None
-
-
-class _Bar:
-    """A rich progress bar over all training steps, showing the last batch objective."""
-
-    def __init__(self, epochs: int, steps: int) -> None:
-        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self._progress = Progress(
-            TextColumn("training"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total} steps"),
-            TextColumn("loss {task.fields[loss]}"),
-            TimeRemainingColumn(),
-            transient=True,
-        )
-        self._total = epochs * steps
-
-    def __enter__(self) -> _Bar:
-        self._progress.__enter__()
-        self._task = self._progress.add_task("fit", total=self._total, loss="-")
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._progress.__exit__(*exc)
-
-    def advance(self, loss: float | None) -> None:
-        self._progress.update(self._task, advance=1, loss="-" if loss is None else f"{loss:.4f}")
-
-
-def _progress(verbose: bool, epochs: int, steps: int) -> _Silent | _Bar:
-    return _Bar(epochs, steps) if verbose else _Silent()
+def _progress(verbose: bool, epochs: int, steps: int) -> _progress_utility.Task:
+    """Training steps through the shared reporter: shown with ``verbose=True`` or when the
+    command line asked for progress (a bar on a terminal, plain lines in a log)."""
+    return _progress_utility.task(
+        f"training ({epochs} epochs)", total=epochs * steps, force=verbose
+    )

@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from oblivio.data import Change, Dataset, Request
+from oblivio.data import Change, Dataset, Remove, Request, RequestError
 from oblivio.models.base import Model, NotFittedError
 
 __all__ = [
@@ -251,6 +251,13 @@ class Unlearner(ABC):
     requires_fit: ClassVar[bool] = False
 
     def __init__(self, model: Model) -> None:
+        if not hasattr(model, "clone") and hasattr(model, "get_params"):
+            raise TypeError(
+                f"{type(model).__name__} is a scikit-learn estimator, not an oblivio model: "
+                "adopt a fitted logistic regression (or a Pipeline ending in one) with "
+                "ob.models.from_sklearn(estimator, n_samples=len(train)), or wrap any "
+                "unfitted classifier as ob.models.SklearnModel(estimator) for 'retrain'/'sisa'"
+            )
         self.model = model
 
     # -- hyper-parameters --------------------------------------------------------------
@@ -292,6 +299,11 @@ class Unlearner(ABC):
             raise ValueError(
                 f"{type(self).__name__} trains its own model (see its docstring); use fit(train)"
             )
+        if getattr(self.model, "l2", 0.0) is None:
+            raise ValueError(
+                "the model's l2 is None (adopted from scikit-learn without n_samples), so its "
+                "objective is unknown; use ob.models.from_sklearn(estimator, n_samples=len(train))"
+            )
         self.model_ = copy.deepcopy(self.model)
         self.train_ = train
         self.history_ = []
@@ -299,6 +311,11 @@ class Unlearner(ABC):
         return self
 
     def _timed_prepare(self) -> None:
+        if not self.exact and self.model_.theta.numel() == 0:
+            raise TypeError(
+                f"{self.name!r} updates a parameter vector, but {self.model_!r} has none; only "
+                "the unlearners that retrain apply ('retrain', 'sisa' with slices=1)"
+            )
         start = time.perf_counter()
         self._prepare()
         #: Seconds spent precomputing for ``forget`` (count it when comparing with retraining).
@@ -334,7 +351,11 @@ class Unlearner(ABC):
                 f"forget() takes a request (Remove, Relabel, ReplaceFeatures, Replace), "
                 f"got {type(request).__name__}"
             )
-        change = request.resolve(self.train_)
+        try:
+            change = request.resolve(self.train_)
+        except RequestError as error:
+            self._explain_removed(request, error)
+            raise
         self._validate_change(change)
         start = time.perf_counter()
         if change.is_empty:
@@ -352,6 +373,11 @@ class Unlearner(ABC):
                 raise
         seconds = time.perf_counter() - start
         self.train_ = change.result
+        if isinstance(request, Remove) and len(change):
+            # Only ids are kept (no data), so a repeated request can say "already removed".
+            self._removed_ids = np.union1d(
+                getattr(self, "_removed_ids", np.zeros(0, np.int64)), change.before.ids
+            )
         result = UnlearnResult(
             method=self.name,
             n_affected=len(change),
@@ -364,6 +390,20 @@ class Unlearner(ABC):
         )
         self.history_.append(result)
         return result
+
+    def _explain_removed(self, request: Request, error: RequestError) -> None:
+        """Re-raise an "unknown ids" error as "already removed" for ids this unlearner removed."""
+        ids = getattr(request, "ids", None)
+        removed = getattr(self, "_removed_ids", None)
+        if ids is None or removed is None or not str(error).startswith("unknown ids"):
+            return
+        again = np.intersect1d(np.asarray(ids, dtype=np.int64), removed)
+        if again.size:
+            shown = ", ".join(str(i) for i in again[:10].tolist())
+            more = f", ... ({again.size} in all)" if again.size > 10 else ""
+            raise RequestError(
+                f"ids already removed by an earlier request: [{shown}{more}]"
+            ) from error
 
     def _validate_change(self, change: Change) -> None:
         """Method-specific checks before anything changes (raise RequestError)."""
