@@ -125,6 +125,8 @@ records), not feature columns of records outside the request.
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -137,6 +139,7 @@ from oblivio.data import Change, Dataset, RequestError
 from oblivio.linalg.spectral import spectral_norm_bound
 from oblivio.models.base import Model
 from oblivio.models.logistic import LogisticRegression
+from oblivio.unlearners._passes import BLOCK, fused_pass, thread_pool
 from oblivio.unlearners.base import Certificate, Outcome, Unlearner, register
 
 __all__ = ["CertifiedRemoval", "budget", "noise_constant"]
@@ -147,7 +150,7 @@ _GRAM_LIMIT = 4096  # largest d for which the Gram matrix X^T X is kept
 _BUDGET_FLOOR = 1e-5  # per step, as a share of the budget (see _newton)
 _FOLD_ROWS = 64  # fold removed rows into the cached inverse once this many have gathered
 _PARTIAL_SHARE = 0.02  # share of rows whose curvature a partial refresh updates
-_BLOCK = 256  # rows per block of the fused pass over X (kept in cache between products)
+_BATCH_MODES = ("sequential", "joint", "auto")
 _UNIT = np.finfo(np.float64).eps / 2
 _UNIT32 = float(np.finfo(np.float32).eps) / 2
 
@@ -190,30 +193,21 @@ def _inverse(factor: tuple) -> np.ndarray:
     return scipy.linalg.cho_solve(factor, np.eye(size), check_finite=False)
 
 
-def _fused_pass(X: np.ndarray, s: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``A = X s^T`` and ``G = (X^T (weights * A))^T`` in one pass over a dense ``X``.
+def _apply_mask(mask: np.ndarray, *arrays: np.ndarray) -> np.ndarray:
+    """Zero ``arrays`` (each shaped like ``mask``) in place where ``mask`` is False.
 
-    Blocks of ``_BLOCK`` rows stay in cache for both products, which are computed in
-    ``X``'s dtype; the blocks' contributions to ``G`` are summed in float64.
+    Usually only the few rows removed since the last compaction are masked: touching just
+    those rows avoids full ``(n, K)`` passes. Returns the last array.
     """
-    n0, d = X.shape
-    K = s.shape[0]
-    s = np.ascontiguousarray(s, dtype=X.dtype)
-    weights = weights.astype(X.dtype, copy=False)
-    A = np.empty((n0, K), dtype=X.dtype)
-    G = np.zeros((K, d))
-    for start in range(0, n0, _BLOCK):
-        rows = slice(start, start + _BLOCK)
-        block = X[rows]
-        if K == 1:  # matrix-vector products are faster than (B x 1) matrices
-            part = block @ s[0]
-            A[rows, 0] = part
-            G[0] += block.T @ (weights[rows, 0] * part)
-        else:
-            part = block @ s.T
-            A[rows] = part
-            G += (block.T @ (weights[rows] * part)).T
-    return A, G
+    rows = np.flatnonzero(~mask.all(axis=1))
+    if rows.size * 8 < mask.shape[0]:
+        keep = mask[rows]
+        for array in arrays:
+            array[rows] *= keep
+    else:
+        for array in arrays:
+            array *= mask
+    return arrays[-1]
 
 
 def _float32_shadow(X: Any) -> np.ndarray | None:
@@ -281,9 +275,22 @@ class CertifiedRemoval(Unlearner):
     hessian : {"amortized", "exact"}
         Cached Cholesky factor plus an exactly computed correction term, or the Hessian
         rebuilt and factorised at every step (original procedure).
-    batch : bool
-        Remove a request's records in one Newton step (Sec. 4.1) instead of one at a time.
-        Edits (Relabel, ReplaceFeatures, Replace) are always one step per request.
+    batch : {"sequential", "joint", "auto"}
+        How the ``m`` records of a removal request are taken out. ``"sequential"``: one
+        Newton step per record (``m`` passes over ``X``; the least budget, since the
+        curvature term of a step grows with the square of its size). ``"joint"``: one
+        Newton step for the whole batch (Guo et al., Sec. 4.1; one pass, but the bound of a
+        step of ``m`` records grows about like ``m^2`` instead of ``m``). ``"auto"``: as many
+        steps as fit in ``time_limit`` -- the first record alone, then the rest in equal
+        groups sized from the measured time per step -- which keeps the most removals per
+        budget within the time limit; without a ``time_limit`` it is ``"sequential"``.
+        ``True`` / ``False`` are accepted for ``"joint"`` / ``"sequential"``. Edits
+        (Relabel, ReplaceFeatures, Replace) are always one step per request.
+    time_limit : float or None
+        Seconds a removal request may take with ``batch="auto"``.
+    n_jobs : int
+        Threads for the pass over a dense ``X`` (contiguous row ranges; the rounding bounds
+        cover any order of the partial sums).
     subsample : float or None
         One-vs-rest negative subsampling ratio ``r`` in (0, 1]: class k trains on all its
         positives and each negative with probability ``r`` (reference §7). Only removals
@@ -333,7 +340,9 @@ class CertifiedRemoval(Unlearner):
         l2: float | None = None,
         bound: str = "data",
         hessian: str = "amortized",
-        batch: bool = False,
+        batch: str | bool = "sequential",
+        time_limit: float | None = None,
+        n_jobs: int = 1,
         subsample: float | None = None,
         refine: int = 1,
         refresh: float = 0.5,
@@ -348,6 +357,8 @@ class CertifiedRemoval(Unlearner):
         self.bound = bound
         self.hessian = hessian
         self.batch = batch
+        self.time_limit = time_limit
+        self.n_jobs = n_jobs
         self.subsample = subsample
         self.refine = refine
         self.refresh = refresh
@@ -375,6 +386,22 @@ class CertifiedRemoval(Unlearner):
             raise ValueError(f"bound must be 'data' or 'worst', got {self.bound!r}")
         if self.hessian not in ("amortized", "exact"):
             raise ValueError(f"hessian must be 'amortized' or 'exact', got {self.hessian!r}")
+        if not (isinstance(self.batch, bool) or self.batch in _BATCH_MODES):
+            raise ValueError(
+                f"batch must be one of {', '.join(map(repr, _BATCH_MODES))} (or a bool), "
+                f"got {self.batch!r}"
+            )
+        if self.time_limit is not None and not (
+            isinstance(self.time_limit, (int, float)) and np.isfinite(self.time_limit)
+            and self.time_limit > 0
+        ):
+            raise ValueError(
+                f"time_limit must be None or a positive number of seconds, got "
+                f"{self.time_limit!r}"
+            )
+        if not (isinstance(self.n_jobs, (int, np.integer)) and not isinstance(self.n_jobs, bool)
+                and self.n_jobs >= 1):
+            raise ValueError(f"n_jobs must be a positive integer, got {self.n_jobs!r}")
         if self.subsample is not None and not (0 < self.subsample <= 1):
             raise ValueError(f"subsample must be None or in (0, 1], got {self.subsample!r}")
         if not (isinstance(self.refine, (int, np.integer)) and self.refine >= 0):
@@ -810,20 +837,29 @@ class CertifiedRemoval(Unlearner):
         K = self._K
         if zerr is None:
             zerr = np.zeros(K)
-        curvature = self._curvature(Z, mask)
         e_a = np.zeros(K)
         hs_err = np.zeros(K)
+        dc = dc_norm = None
         mixed = cache is not None and self._X32 is not None and X is self._X
         if mixed:
             n0, d = X.shape
-            dc = (curvature - cache["cf"] * mask) * mask
-            A32, HS = _fused_pass(self._X32, s, dc)
+            # curvatures and their drift, zero outside the mask; in place, as these (n, K)
+            # element-wise passes cost as much as the float32 pass itself
+            curvature = expit(Z)
+            curvature *= 1.0 - curvature
+            dc = curvature - cache["cf"]
+            _apply_mask(mask, curvature, dc)
+            A32, HS = fused_pass(self._X32, s, dc, workers=thread_pool(self.n_jobs),
+                                 parts=self.n_jobs)
             A_full = A32.astype(np.float64)
+            A = _apply_mask(mask, A_full.copy())
             s_norm = np.linalg.norm(s, axis=1)
             e_a = _gamma(d + 3) * self._R * s_norm
-            weighted = np.abs(dc * A_full).sum(axis=0)
-            block_gamma = _gamma(_BLOCK + 8) + _gamma(n0 // _BLOCK + 2, _UNIT)
-            hs_err = xnorm * np.linalg.norm(dc, axis=0) * e_a + block_gamma * self._R * weighted
+            dc_norm = np.sqrt(np.einsum("ik,ik->k", dc, dc))
+            # ||dc * a^||_1 <= ||dc||_2 ||a^||_2 (Cauchy-Schwarz)
+            weighted = dc_norm * np.sqrt(np.einsum("ik,ik->k", A, A))
+            block_gamma = _gamma(BLOCK + 8) + _gamma(n0 // BLOCK + 2 + self.n_jobs, _UNIT)
+            hs_err = xnorm * dc_norm * e_a + block_gamma * self._R * weighted
             for k in range(K):
                 if not np.any(s[k]):
                     continue
@@ -832,18 +868,22 @@ class CertifiedRemoval(Unlearner):
                 h_norm = math.sqrt(d) * (GAMMA * xnorm[k] ** 2 + lam * cache["nf"][k])
                 hs_err[k] += 16.0 * (d + removed + 2) * _UNIT * h_norm * s_norm[k]
         elif sp.issparse(X):
+            curvature = self._curvature(Z, mask)
             A_full = np.asarray(X @ s.T)
             HS = np.asarray(X.T @ (curvature * A_full * mask)).T
             HS += lam * counts[:, None] * s
         else:
-            A_full, HS = _fused_pass(X, s, curvature)
+            curvature = self._curvature(Z, mask)
+            A_full, HS = fused_pass(X, s, curvature)
             HS += lam * counts[:, None] * s
-        A = A_full * mask
+        if not mixed:
+            A = A_full * mask
         r2 = HS - Delta
         root_n = np.sqrt(counts.astype(np.float64))
-        a2 = np.linalg.norm(A, axis=0) + root_n * e_a  # upper bounds on the exact norms
+        squares = A * A
+        a2 = np.sqrt(squares.sum(axis=0)) + root_n * e_a  # upper bounds on the exact norms
         a_inf = (np.max(np.abs(A), axis=0) if A.size else np.zeros(K)) + e_a
-        a4 = np.sum(A**4, axis=0) ** 0.25 + np.sqrt(root_n) * e_a
+        a4 = np.einsum("ik,ik->k", squares, squares) ** 0.25 + np.sqrt(root_n) * e_a
         lag = GAMMA * self._R * p_norm * a2  # |c~_i - c_i| <= gamma R ||p||
         if p_image is not None:  # or ||c~ - c||_2 <= gamma ||X' p||_2, times ||a||_inf
             lag = np.minimum(lag, GAMMA * p_image * a_inf)
@@ -851,7 +891,8 @@ class CertifiedRemoval(Unlearner):
         T2 = np.linalg.norm(r2, axis=1) + err
         T1 = 0.5 * GAMMA * xnorm * a4**2
         return {"A_full": A_full, "A": A, "a2": a2, "a4": a4, "T1": T1, "T2": T2, "r2": r2,
-                "err": err, "curvature": curvature, "e_a": e_a, "zerr": zerr}
+                "err": err, "curvature": curvature, "e_a": e_a, "zerr": zerr,
+                "dc": dc, "dc_norm": dc_norm}
 
     def _image_norm(self, V: np.ndarray, xnorm: np.ndarray) -> np.ndarray:
         """Upper bounds on ``||X' v_k||_2`` per class: ``sqrt(v^T G v)`` or ``||X'||_2 ||v||``."""
@@ -885,9 +926,13 @@ class CertifiedRemoval(Unlearner):
         # what the solve leaves is accounted exactly (``left``): modest accuracy suffices
         u, iterations, left = self._cached_solve(X, mask, counts, rhs, classes, self._cache,
                                                  rtol=1e-3)
-        shift = m["curvature"] - self._cache["cf"] * mask  # lagging c minus cf
+        if m["dc"] is not None and m["cache"] is self._cache:
+            shift, shift_norm = m["dc"], m["dc_norm"]  # the pass's own c - cf
+        else:
+            shift = m["curvature"] - self._cache["cf"] * mask  # lagging c minus cf
+            shift_norm = np.linalg.norm(shift, axis=0)
         root_n = np.sqrt(counts.astype(np.float64))
-        drift_2 = np.linalg.norm(shift, axis=0) + GAMMA * (m["p_image"] + root_n * m["zerr"])
+        drift_2 = shift_norm + GAMMA * (m["p_image"] + root_n * m["zerr"])
         drift_inf = np.max(np.abs(shift), axis=0) + GAMMA * (self._R * p_norm + m["zerr"])
         u_norm = np.linalg.norm(u, axis=1)
         u_image = self._image_norm(u, xnorm)  # >= ||X' u||_2 >= ||X' u||_4
@@ -971,6 +1016,7 @@ class CertifiedRemoval(Unlearner):
             out = self._measure(X, Z, p_norm, S, mask, counts, s, Delta, xnorm, p_image,
                                 zerr=zerr, cache=current)
             out["p_image"] = p_image
+            out["cache"] = current
             return out
 
         m = measure()
@@ -1115,9 +1161,7 @@ class CertifiedRemoval(Unlearner):
                        "corrections": 0.0, "solver_iterations": 0.0}
         if change.is_removal:
             positions = self._base.positions(change.ids)
-            groups = [positions] if self.batch else [positions[i:i + 1]
-                                                      for i in range(positions.size)]
-            steps = (self._removal_step(group) for group in groups)
+            steps = (self._removal_step(group) for group in self._groups(positions))
         else:
             steps = iter([self._edit_step(change)])
         retrained = False
@@ -1155,6 +1199,29 @@ class CertifiedRemoval(Unlearner):
         diagnostics["budget_left"] = self.budget_left_
         return Outcome(retrained=retrained, certificate=self._certificate(),
                        diagnostics=diagnostics, exact=False)
+
+    def _groups(self, positions: np.ndarray) -> Iterator[np.ndarray]:
+        """The records of one removal request, grouped into Newton steps (``batch``)."""
+        mode = {True: "joint", False: "sequential"}.get(self.batch, self.batch)
+        if mode == "joint":
+            yield positions
+            return
+        if mode == "sequential" or self.time_limit is None:
+            for i in range(positions.size):
+                yield positions[i:i + 1]
+            return
+        start = time.perf_counter()
+        done = taken = 0
+        while done < positions.size:
+            left = positions.size - done
+            size = 1
+            if taken:  # as many equal steps as the measured time per step allows
+                elapsed = time.perf_counter() - start
+                affordable = int((self.time_limit - elapsed) // (elapsed / taken))
+                size = left if affordable <= 1 else -(-left // min(affordable, left))
+            yield positions[done:done + size]
+            done += size
+            taken += 1
 
     def _removal_step(self, positions: np.ndarray) -> tuple[dict[str, Any], Any]:
         W = self._W
