@@ -151,6 +151,7 @@ _BUDGET_FLOOR = 1e-5  # per step, as a share of the budget (see _newton)
 _FOLD_ROWS = 64  # fold removed rows into the cached inverse once this many have gathered
 _PARTIAL_SHARE = 0.02  # share of rows whose curvature a partial refresh updates
 _BATCH_MODES = ("sequential", "joint", "auto")
+_clock = time.perf_counter  # the clock batch="auto" sizes its steps with
 _UNIT = np.finfo(np.float64).eps / 2
 _UNIT32 = float(np.finfo(np.float32).eps) / 2
 
@@ -277,17 +278,18 @@ class CertifiedRemoval(Unlearner):
         rebuilt and factorised at every step (original procedure).
     batch : {"sequential", "joint", "auto"}
         How the ``m`` records of a removal request are taken out. ``"sequential"``: one
-        Newton step per record (``m`` passes over ``X``; the least budget, since the
-        curvature term of a step grows with the square of its size). ``"joint"``: one
-        Newton step for the whole batch (Guo et al., Sec. 4.1; one pass, but the bound of a
-        step of ``m`` records grows about like ``m^2`` instead of ``m``). ``"auto"``: as many
-        steps as fit in ``time_limit`` -- the first record alone, then the rest in equal
-        groups sized from the measured time per step -- which keeps the most removals per
-        budget within the time limit; without a ``time_limit`` it is ``"sequential"``.
-        ``True`` / ``False`` are accepted for ``"joint"`` / ``"sequential"``. Edits
-        (Relabel, ReplaceFeatures, Replace) are always one step per request.
+        Newton step per record (``m`` passes over ``X``; usually the least budget, since the
+        curvature term of a step grows with the square of the step). ``"joint"``: one
+        Newton step for the whole batch (Guo et al., Sec. 4.1; one pass; its bound grows
+        about like ``m^2`` for similar records, but less where their gradients cancel).
+        ``"auto"``: computes the joint step and the first record's step, keeps whichever
+        spends less budget per record (the single step times ``m`` against the joint one),
+        and continues with as many steps as ``time_limit`` affords (equal groups sized from
+        the measured time per step); it costs one extra pass. ``True`` / ``False`` are
+        accepted for ``"joint"`` / ``"sequential"``. Edits (Relabel, ReplaceFeatures,
+        Replace) are always one step per request.
     time_limit : float or None
-        Seconds a removal request may take with ``batch="auto"``.
+        Seconds a removal request may take with ``batch="auto"`` (None: no limit).
     n_jobs : int
         Threads for the pass over a dense ``X`` (contiguous row ranges; the rounding bounds
         cover any order of the partial sums).
@@ -1161,7 +1163,7 @@ class CertifiedRemoval(Unlearner):
                        "corrections": 0.0, "solver_iterations": 0.0}
         if change.is_removal:
             positions = self._base.positions(change.ids)
-            steps = (self._removal_step(group) for group in self._groups(positions))
+            steps = self._removal_steps(positions)
         else:
             steps = iter([self._edit_step(change)])
         retrained = False
@@ -1200,26 +1202,43 @@ class CertifiedRemoval(Unlearner):
         return Outcome(retrained=retrained, certificate=self._certificate(),
                        diagnostics=diagnostics, exact=False)
 
-    def _groups(self, positions: np.ndarray) -> Iterator[np.ndarray]:
-        """The records of one removal request, grouped into Newton steps (``batch``)."""
+    def _removal_steps(self, positions: np.ndarray) -> Iterator[tuple[dict[str, Any], Any]]:
+        """Newton steps (step, commit) for the records of one removal request (``batch``).
+
+        ``"auto"`` computes two candidates from the current weights, the joint step and the
+        step for the first record alone (two passes), and takes the joint step when it
+        costs no more budget than ``m`` times the single step (records whose gradients
+        cancel, e.g. of different classes, make the joint step cheap) or when the time limit
+        does not allow more steps; otherwise it continues with as many steps as the time
+        limit affords, sized from the measured time per step.
+        """
         mode = {True: "joint", False: "sequential"}.get(self.batch, self.batch)
-        if mode == "joint":
-            yield positions
+        if mode == "joint" or positions.size == 1:
+            yield self._removal_step(positions)
             return
-        if mode == "sequential" or self.time_limit is None:
+        if mode == "sequential":
             for i in range(positions.size):
-                yield positions[i:i + 1]
+                yield self._removal_step(positions[i : i + 1])
             return
-        start = time.perf_counter()
-        done = taken = 0
+        start = _clock()
+        joint = self._removal_step(positions)
+        first = self._removal_step(positions[:1])
+        per_step = (_clock() - start) / 2
+        limit = math.inf if self.time_limit is None else self.time_limit
+        affordable = (limit - 2 * per_step) / max(per_step, 1e-9)
+        if affordable < 1 or positions.size * first[0]["bound"] >= joint[0]["bound"]:
+            yield joint
+            return
+        yield first
+        done, taken = 1, 0
         while done < positions.size:
             left = positions.size - done
             size = 1
-            if taken:  # as many equal steps as the measured time per step allows
-                elapsed = time.perf_counter() - start
-                affordable = int((self.time_limit - elapsed) // (elapsed / taken))
+            if self.time_limit is not None:
+                elapsed = _clock() - start
+                affordable = int((limit - elapsed) // (elapsed / (taken + 2)))
                 size = left if affordable <= 1 else -(-left // min(affordable, left))
-            yield positions[done:done + size]
+            yield self._removal_step(positions[done : done + size])
             done += size
             taken += 1
 

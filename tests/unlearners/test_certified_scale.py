@@ -1,0 +1,131 @@
+"""Certified removal at scale: batch modes, threaded and memory-mapped passes."""
+
+import numpy as np
+import pytest
+import torch
+
+from oblivio.data import Dataset, Remove
+from oblivio.models import LogisticRegression
+from oblivio.unlearners import CertifiedRemoval, certified
+from oblivio.unlearners._passes import BLOCK, fused_pass, row_ranges
+
+
+def random_data(seed: int, n: int, d: int, k: int) -> Dataset:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((k, d)) * 1.5
+    y = np.arange(n) % k
+    X = centers[y] + rng.standard_normal((n, d))
+    X /= np.linalg.norm(X, axis=1, keepdims=True)
+    X *= rng.uniform(0.5, 1.0, size=(n, 1))
+    return Dataset(X=X, y=y, ids=np.arange(n))
+
+
+def true_residual(u) -> float:
+    return float(torch.linalg.vector_norm(u.model_.objective_grad(u.train_)))
+
+
+@pytest.fixture(scope="module")
+def three_classes():
+    return random_data(3, 600, 12, 3)
+
+
+def _fitted(data, **options):
+    model = LogisticRegression(l2=1e-2, multi_class="ovr")
+    return CertifiedRemoval(model, sigma=1.0, epsilon=50.0, seed=0, verify=True, **options).fit(
+        data
+    )
+
+
+def _spend(data, ids, **options):
+    u = _fitted(data, **options)
+    before = u.budget_used_
+    result = u.forget(Remove(ids=ids))
+    assert not result.retrained
+    assert true_residual(u) <= result.certificate.residual_bound
+    return result.diagnostics["steps"], u.budget_used_ - before, u
+
+
+@pytest.mark.parametrize("mixed", [False, True])
+def test_batch_modes_steps_budgets_and_auto_choice(three_classes, mixed):
+    # records of one class: similar gradients, the joint step costs more budget than m
+    # single steps; records of all classes: their gradients cancel and the joint step wins
+    ids = three_classes.ids[:12] if mixed else three_classes.ids[three_classes.y == 0][:12]
+    seq_steps, seq_cost, seq = _spend(three_classes, ids, batch="sequential")
+    joint_steps, joint_cost, joint = _spend(three_classes, ids, batch="joint")
+    auto_steps, auto_cost, _ = _spend(three_classes, ids, batch="auto")
+    assert (seq_steps, joint_steps) == (12, 1)
+    if mixed:
+        assert joint_cost < seq_cost and auto_steps == 1
+    else:
+        assert joint_cost > 2 * seq_cost > 0 and auto_steps == 12
+    assert auto_cost == pytest.approx(min(seq_cost, joint_cost), rel=1e-6)
+    # both land near retraining, far nearer than the original model is
+    original = _fitted(three_classes).model_.coef_
+    gap = np.linalg.norm(original - seq.model_.coef_)
+    assert gap > 0 and np.linalg.norm(joint.model_.coef_ - seq.model_.coef_) < 0.2 * gap
+    assert _spend(three_classes, ids, batch=True)[0] == 1
+    assert _spend(three_classes, ids, batch=False)[0] == 12
+
+
+def test_auto_batch_fits_the_time_limit(three_classes, monkeypatch):
+    ids = three_classes.ids[three_classes.y == 0][:20]
+    assert _spend(three_classes, ids, batch="auto", time_limit=1e6)[0] == 20
+    # a fake clock that advances 1 s per reading: about one reading per step
+    clock = iter(range(1000))
+    monkeypatch.setattr(certified, "_clock", lambda: next(clock))
+    steps, cost, _ = _spend(three_classes, ids, batch="auto", time_limit=8)
+    assert 3 <= steps <= 10 and cost > 0
+    steps, _, _ = _spend(three_classes, ids, batch="auto", time_limit=0.1)
+    assert steps == 1  # no time for more than one step: the joint one
+
+
+def test_threaded_pass_matches_the_serial_pass_and_stays_rigorous(three_classes):
+    serial = _fitted(three_classes)
+    threaded = _fitted(three_classes, n_jobs=2)
+    for record in three_classes.ids[:6]:
+        a = serial.forget(Remove(ids=[record]))
+        b = threaded.forget(Remove(ids=[record]))
+        assert true_residual(threaded) <= b.certificate.residual_bound
+        assert b.diagnostics["step_bound"] == pytest.approx(a.diagnostics["step_bound"], rel=1e-3)
+    assert np.allclose(serial.model_.coef_, threaded.model_.coef_, atol=1e-9)
+
+
+@pytest.mark.parametrize("K", [1, 4])
+def test_fused_pass_on_threads_and_memmap_equals_plain_products(tmp_path, K):
+    rng = np.random.default_rng(0)
+    n, d = 3 * BLOCK + 17, 9
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    s = rng.standard_normal((K, d))
+    w = rng.random((n, K))
+    A_ref = X.astype(np.float64) @ s.T
+    G_ref = (X.astype(np.float64).T @ (w * A_ref)).T
+    path = tmp_path / "X.f32"
+    X.tofile(path)
+    mapped = np.memmap(path, dtype=np.float32, mode="r", shape=(n, d))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        for source, workers, parts in ((X, None, 1), (X, pool, 3), (mapped, None, 1)):
+            A, G = fused_pass(source, s, w, workers=workers, parts=parts)
+            assert A.dtype == np.float32 and G.dtype == np.float64
+            assert np.allclose(A, A_ref, atol=1e-4) and np.allclose(G, G_ref, rtol=1e-4)
+    ranges = row_ranges(n, 3)
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(high == low for (_, high), (low, _) in zip(ranges, ranges[1:], strict=False))
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("batch", "both"),
+        ("batch", None),
+        ("time_limit", 0.0),
+        ("time_limit", float("nan")),
+        ("n_jobs", 0),
+        ("n_jobs", 1.5),
+    ],
+)
+def test_bad_scale_options_are_rejected_by_name(three_classes, option, value):
+    u = CertifiedRemoval(LogisticRegression(), **{option: value})
+    with pytest.raises(ValueError, match=option):
+        u.fit(three_classes)
