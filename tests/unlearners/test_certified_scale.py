@@ -129,3 +129,69 @@ def test_bad_scale_options_are_rejected_by_name(three_classes, option, value):
     u = CertifiedRemoval(LogisticRegression(), **{option: value})
     with pytest.raises(ValueError, match=option):
         u.fit(three_classes)
+
+
+def sparse_data(seed: int, n: int, d: int, k: int = 2) -> Dataset:
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    X = sp.random(n, d, density=min(1.0, 20 / d), random_state=seed, format="csr")
+    y = rng.integers(0, k, size=n)
+    signal = sp.csr_matrix((np.ones(n), (np.arange(n), y * 7 % d)), shape=(n, d))
+    X = (X + 2.0 * signal).tocsr()
+    norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
+    X = sp.diags(1.0 / norms) @ X
+    return Dataset(X=X.tocsr(), y=y, ids=np.arange(n))
+
+
+@pytest.mark.parametrize(("d", "hessian"), [(40, "cg"), (5000, "amortized")])
+def test_matrix_free_cg_mode_is_rigorous_and_close_to_exact(d, hessian):
+    data = sparse_data(0, 300, d)
+    model = LogisticRegression(l2=1e-2)
+    u = CertifiedRemoval(model, sigma=1.0, epsilon=50.0, seed=0, hessian=hessian, verify=True).fit(
+        data
+    )
+    assert u._solver_mode() == "cg" and u._cache is None
+    assert (u._gram is None) == (d > 4096)  # no d x d matrix at all for large d
+    reference = None
+    if d <= 100:
+        reference = CertifiedRemoval(
+            model, sigma=1.0, epsilon=50.0, seed=0, hessian="exact", verify=True
+        ).fit(data)
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        ids = rng.choice(u.train_.ids, size=1)
+        result = u.forget(Remove(ids=ids))
+        assert not result.retrained and result.diagnostics["solver_iterations"] > 0
+        assert true_residual(u) <= result.certificate.residual_bound
+        assert result.diagnostics["step_bound"] > 0
+        if reference is not None:
+            other = reference.forget(Remove(ids=ids))
+            assert result.diagnostics["step_bound"] <= 2 * other.diagnostics["step_bound"]
+    # non-vacuous: the removals moved the model towards retraining on what is left
+    retrained = LogisticRegression(l2=1e-2, noise=u.model_.noise).fit(u.train_)
+    original = CertifiedRemoval(model, sigma=1.0, epsilon=50.0, seed=0, hessian=hessian).fit(data)
+    before = np.linalg.norm(original.model_.coef_ - retrained.coef_)
+    after = np.linalg.norm(u.model_.coef_ - retrained.coef_)
+    assert before > 0 and after < 0.1 * before
+    if reference is not None:
+        assert np.allclose(u.model_.coef_, reference.model_.coef_, atol=1e-6)
+
+
+def test_jacobi_preconditioned_cg_solves_and_needs_fewer_iterations():
+    from oblivio.linalg.solvers import cg_solve
+
+    rng = np.random.default_rng(0)
+    scales = np.logspace(0, 3, 60)
+    Q = np.linalg.qr(rng.standard_normal((60, 60)))[0]
+    H = np.diag(scales) + 0.05 * (Q @ np.diag(rng.random(60)) @ Q.T)
+    b = rng.standard_normal(60)
+    plain = cg_solve(lambda v: H @ v, b, rtol=1e-10, maxiter=2000)
+    inverse = 1.0 / np.diag(H)
+    jacobi = cg_solve(
+        lambda v: H @ v, b, rtol=1e-10, maxiter=2000, preconditioner=lambda v: inverse * v
+    )
+    exact = np.linalg.solve(H, b)
+    assert plain.converged and jacobi.converged
+    assert np.allclose(jacobi.x, exact, rtol=1e-7, atol=1e-9)
+    assert jacobi.iterations < plain.iterations
