@@ -195,3 +195,45 @@ def test_jacobi_preconditioned_cg_solves_and_needs_fewer_iterations():
     assert plain.converged and jacobi.converged
     assert np.allclose(jacobi.x, exact, rtol=1e-7, atol=1e-9)
     assert jacobi.iterations < plain.iterations
+
+
+@pytest.mark.parametrize("intercept", [False, True])
+def test_float32_memmap_dataset_gives_the_same_certified_removal(tmp_path, intercept):
+    """Out of core: a memory-mapped float32 Dataset, blocked float64 products, same maths."""
+    from oblivio.data import blocked
+    from oblivio.data.blocked import BlockedRows, memmap_dataset
+
+    data = random_data(5, 500, 6, 3)
+    X32 = data.X.astype(np.float32)
+    rounded = Dataset(X=X32.astype(np.float64), y=data.y, ids=data.ids)  # same values
+    chunks = ((X32[i : i + 128], data.y[i : i + 128]) for i in range(0, 500, 128))
+    mapped = memmap_dataset(tmp_path / "train.npy", chunks, 500, 6, ids=data.ids)
+    assert isinstance(mapped.X, np.ndarray) and mapped.X.dtype == np.float32
+    assert not (tmp_path / ".train.npy.partial").exists()
+    old_rows = blocked.ROWS
+    blocked.ROWS = 64  # many blocks
+    try:
+        units = []
+        for train in (rounded, mapped):
+            model = LogisticRegression(l2=1e-2, multi_class="ovr", fit_intercept=intercept)
+            u = CertifiedRemoval(model, sigma=1.0, epsilon=50.0, seed=0, verify=True).fit(train)
+            for record in data.ids[:4]:
+                result = u.forget(Remove(ids=[record]))
+                assert true_residual(u) <= result.certificate.residual_bound
+            units.append(u)
+        assert isinstance(units[1]._X, BlockedRows) and not isinstance(units[0]._X, BlockedRows)
+        if not intercept:
+            assert units[1]._X32 is units[1]._X.data  # the stored float32 rows, no copy
+        assert np.allclose(units[0].model_.coef_, units[1].model_.coef_, atol=1e-7)
+        assert units[0].budget_used_ == pytest.approx(units[1].budget_used_, rel=1e-3)
+    finally:
+        blocked.ROWS = old_rows
+
+
+def test_memmap_dataset_refuses_a_wrong_row_count(tmp_path):
+    from oblivio.data.blocked import memmap_dataset
+
+    rows = [(np.zeros((3, 2), np.float32), np.zeros(3, np.int64))]
+    with pytest.raises(ValueError, match="n=5"):
+        memmap_dataset(tmp_path / "x.npy", rows, 5, 2)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written left behind

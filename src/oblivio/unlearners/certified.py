@@ -137,6 +137,7 @@ import scipy.stats
 from scipy.special import expit
 
 from oblivio.data import Change, Dataset, RequestError
+from oblivio.data.blocked import BlockedRows, needs_blocking
 from oblivio.linalg.solvers import cg_solve
 from oblivio.linalg.spectral import spectral_norm_bound
 from oblivio.models.base import Model
@@ -180,6 +181,11 @@ def budget(epsilon: float, delta: float, sigma: float) -> float:
 def _row_norms(X: Any) -> np.ndarray:
     if sp.issparse(X):
         return np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
+    if isinstance(X, BlockedRows):
+        return X.row_norms()
+    X = np.asarray(X)
+    if needs_blocking(X.reshape(X.shape[0], -1)):  # float32 / memory-mapped: no float64 copy
+        return BlockedRows(X.reshape(X.shape[0], -1)).row_norms()
     X = np.asarray(X, dtype=np.float64)
     return np.linalg.norm(X.reshape(X.shape[0], -1), axis=1)
 
@@ -219,8 +225,36 @@ def _apply_mask(mask: np.ndarray, *arrays: np.ndarray) -> np.ndarray:
 
 def _float32_shadow(X: Any) -> np.ndarray | None:
     """float32 copy of a dense ``X`` for the per-step pass (half the memory traffic; its
-    rounding is bounded rigorously in ``_measure``); None for sparse ``X``."""
-    return None if sp.issparse(X) else np.ascontiguousarray(X, dtype=np.float32)
+    rounding is bounded rigorously in ``_measure``); None for sparse ``X``. Data already
+    stored as float32 (:class:`BlockedRows`, e.g. memory-mapped) is used as it is."""
+    if sp.issparse(X):
+        return None
+    if isinstance(X, BlockedRows):
+        if X.data.dtype == np.float32 and not X.intercept:
+            return X.data
+        shadow = np.empty(X.shape, dtype=np.float32)
+        for start, stop, part in X.blocks():
+            shadow[start:stop] = part
+        return shadow
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _dense64(X: Any) -> Any:
+    """Dense design matrices as C-contiguous float64 (sparse and blocked ones as they are)."""
+    if sp.issparse(X) or isinstance(X, BlockedRows):
+        return X
+    return np.ascontiguousarray(X, dtype=np.float64)
+
+
+def _norm_bound(X: Any, gram: np.ndarray | None) -> float:
+    """Upper bound on ``||X||_2``; from the Gram matrix when there is one (no copy of X)."""
+    if gram is None:
+        if isinstance(X, BlockedRows):  # Frobenius norm, one blocked pass
+            return float(np.sqrt(np.sum(X.row_norms() ** 2))) * (1.0 + 1e-12)
+        return spectral_norm_bound(X)
+    n, d = X.shape
+    top = scipy.linalg.eigvalsh(gram, subset_by_index=[d - 1, d - 1])
+    return float(np.sqrt(max(float(top[0]), 0.0))) * (1.0 + 8.0 * (n + d) * _UNIT)
 
 
 def _set_inverse(cache: dict[str, Any], k: int, inverse: np.ndarray) -> None:
@@ -243,6 +277,8 @@ def _weighted_gram(X: Any, weights: np.ndarray | None) -> np.ndarray:
     if sp.issparse(X):
         scaled = X if weights is None else X.multiply(weights[:, None])
         return np.asarray((X.T @ scaled).todense())
+    if isinstance(X, BlockedRows):
+        return X.weighted_gram(weights)
     if weights is not None and np.any(weights < 0):
         return X.T @ (X * weights[:, None])
     scaled = X if weights is None else X * np.sqrt(weights)[:, None]
@@ -576,8 +612,7 @@ class CertifiedRemoval(Unlearner):
             coarse.fit(data)
         W0 = coarse.coef_.copy()
         X = model.design_matrix(data.X)
-        if not sp.issparse(X):
-            X = np.ascontiguousarray(X, dtype=np.float64)
+        X = _dense64(X)
         self._K, self._l2 = K, float(model.l2)
         S = self._signs(data.y, K)
         mask = np.ones((len(data), K), dtype=bool)
@@ -621,8 +656,7 @@ class CertifiedRemoval(Unlearner):
         self._K, self._D = K, D
         self._l2 = float(model.l2)
         X = model.design_matrix(data.X)
-        if not sp.issparse(X):
-            X = np.ascontiguousarray(X, dtype=np.float64)
+        X = _dense64(X)
         self._X = X
         self._X32 = _float32_shadow(X)
         self._zerr = np.zeros(K)  # bound on |Z - exact margins| from float32 updates
@@ -644,7 +678,7 @@ class CertifiedRemoval(Unlearner):
         if X.shape[1] <= _GRAM_LIMIT:
             self._gram = _weighted_gram(X, None)
         if self.subsample is None:
-            self._xnorm = np.full(K, spectral_norm_bound(X, gram=self._gram))
+            self._xnorm = np.full(K, _norm_bound(X, self._gram))
         else:
             self._xnorm = np.array([spectral_norm_bound(X[mask[:, k]]) for k in range(K)])
         self._pending = np.zeros((K, D))  # deferred correction: exact margins Z - X pending^T
@@ -679,7 +713,7 @@ class CertifiedRemoval(Unlearner):
 
     def _hessian(self, X: Any, weights: np.ndarray, count: int) -> np.ndarray:
         """``X^T diag(weights) X + lam * count * I`` (weights zero outside the class's rows)."""
-        if sp.issparse(X):
+        if sp.issparse(X) or isinstance(X, BlockedRows):
             H = _weighted_gram(X, weights)
         else:
             rows = np.flatnonzero(weights)
@@ -941,10 +975,11 @@ class CertifiedRemoval(Unlearner):
             # and fl(X^T (c * a)) errs by <= gamma_{n+2} R ||c * a||_1 plus the propagated
             # ||X'||_2 ||c||_inf sqrt(n') e_a (Higham, any summation order)
             curvature = self._curvature(Z, mask)
-            if sp.issparse(X):
+            if sp.issparse(X) or isinstance(X, BlockedRows):
                 A_full = np.asarray(X @ s.T)
                 HS = np.asarray(X.T @ (curvature * A_full)).T
-                per_row = int(np.diff(X.indptr).max(initial=0))
+                per_row = (int(np.diff(X.indptr).max(initial=0)) if sp.issparse(X)
+                           else X.shape[1])
             else:
                 A_full, HS = fused_pass(X, s, curvature)
                 per_row = X.shape[1]
@@ -1221,8 +1256,12 @@ class CertifiedRemoval(Unlearner):
         per iteration. Its accuracy matters for the budget, not for rigour: the caller
         measures ``T2 = ||H'(w) s - Delta||`` exactly afterwards."""
         curvature = self._curvature(Z, mask)
-        squares = X.multiply(X).tocsr() if sp.issparse(X) else X * X
-        diagonal = np.asarray(squares.T @ curvature).T + self._l2 * counts[:, None]
+        if isinstance(X, BlockedRows):
+            diagonal = X.rmatmul(curvature, transform=np.square).T
+        else:
+            squares = X.multiply(X).tocsr() if sp.issparse(X) else X * X
+            diagonal = np.asarray(squares.T @ curvature).T
+        diagonal = diagonal + self._l2 * counts[:, None]
         out = np.zeros_like(rhs)
         iterations = 0
         for k in classes:
@@ -1410,8 +1449,7 @@ class CertifiedRemoval(Unlearner):
         positions = old.positions(change.ids)
         result = change.result
         X_new = self.model_.design_matrix(result.X)
-        if not sp.issparse(X_new):
-            X_new = np.ascontiguousarray(X_new, dtype=np.float64)
+        X_new = _dense64(X_new)
         X32_new = _float32_shadow(X_new)
         S_new = self._signs(result.y, self._K)
         rows_old = _rows(self._X, positions)
@@ -1459,9 +1497,13 @@ class CertifiedRemoval(Unlearner):
         if self._active.all():
             return
         keep = self._active
-        self._X = self._X[keep]
-        if self._X32 is not None:
-            self._X32 = self._X32[keep]
+        if isinstance(self._X, BlockedRows):
+            self._X = self._X.take_rows(keep)
+            self._X32 = _float32_shadow(self._X)
+        else:
+            self._X = self._X[keep]
+            if self._X32 is not None:
+                self._X32 = self._X32[keep]
         self._Z = self._Z[keep]
         self._S = self._S[keep]
         self._member = self._member[keep]
