@@ -156,7 +156,7 @@ _PARTIAL_SHARE = 0.02  # share of rows whose curvature a partial refresh updates
 _BATCH_MODES = ("sequential", "joint", "auto")
 _COARSE_ITER = 45  # L-BFGS iterations before the chord-Newton polish of a certified fit
 _CHORD_STEPS = 40
-_CG_RTOL = 1e-7  # relative residual of the matrix-free step (what it leaves is in T2)
+_CG_RTOL = 1e-5  # relative residual of the matrix-free step (what it leaves is in T2)
 _CG_MAXITER = 500
 _clock = time.perf_counter  # the clock batch="auto" sizes its steps with
 _UNIT = np.finfo(np.float64).eps / 2
@@ -1254,28 +1254,41 @@ class CertifiedRemoval(Unlearner):
     ) -> tuple[np.ndarray, int]:
         """``H'(w)^-1 rhs_k`` per class by Jacobi-preconditioned CG, matrix-free, ``O(nnz)``
         per iteration. Its accuracy matters for the budget, not for rigour: the caller
-        measures ``T2 = ||H'(w) s - Delta||`` exactly afterwards."""
+        measures ``T2 = ||H'(w) s - Delta||`` exactly afterwards.
+
+        On columns no row uses (common for hashed features) the Hessian is ``lam n' I``:
+        there the solution is ``rhs / (lam n')`` exactly and CG runs on the other columns.
+        """
         curvature = self._curvature(Z, mask)
         if isinstance(X, BlockedRows):
             diagonal = X.rmatmul(curvature, transform=np.square).T
         else:
             squares = X.multiply(X).tocsr() if sp.issparse(X) else X * X
             diagonal = np.asarray(squares.T @ curvature).T
+        used = np.flatnonzero(np.any(diagonal > 0, axis=0))
         diagonal = diagonal + self._l2 * counts[:, None]
-        out = np.zeros_like(rhs)
+        out = rhs / (self._l2 * np.maximum(counts, 1))[:, None]
+        full = used.size == X.shape[1]
         iterations = 0
         for k in classes:
             weights = curvature[:, k]
             shift = self._l2 * counts[k]
 
             def hvp(v: np.ndarray, weights: np.ndarray = weights, shift: float = shift):
-                return np.asarray(X.T @ (weights * np.asarray(X @ v))).ravel() + shift * v
+                if full:
+                    return np.asarray(X.T @ (weights * np.asarray(X @ v))).ravel() + shift * v
+                wide = np.zeros(X.shape[1])
+                wide[used] = v
+                product = np.asarray(X.T @ (weights * np.asarray(X @ wide))).ravel()
+                return product[used] + shift * v
 
-            inverse = 1.0 / diagonal[k]
-            result = cg_solve(hvp, rhs[k], rtol=_CG_RTOL, maxiter=_CG_MAXITER,
+            inverse = 1.0 / diagonal[k, used]
+            result = cg_solve(hvp, rhs[k, used], rtol=_CG_RTOL, maxiter=_CG_MAXITER,
                               preconditioner=lambda v, inverse=inverse: inverse * v)
-            out[k] = result.x
+            out[k, used] = result.x
             iterations += result.iterations
+        for k in np.setdiff1d(np.arange(rhs.shape[0]), np.asarray(list(classes), dtype=int)):
+            out[k] = 0.0
         return out, iterations
 
     # -- forget ----------------------------------------------------------------------------
