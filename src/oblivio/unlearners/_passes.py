@@ -140,3 +140,44 @@ def fused_pass(
 def chunk_pass(X: Any, s: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A whole-chunk pass (the function a Dask worker runs on the rows it holds)."""
     return fused_pass(X, s, weights)
+
+
+class DaskRowPass:
+    """The pass over ``X`` split by contiguous row ranges across Dask workers.
+
+    The row ranges are scattered once (each to one worker, round robin); each call sends
+    ``s`` and the matching rows of ``weights``, runs :func:`chunk_pass` where the rows are,
+    and sums the partial ``G`` in float64. The rounding analysis is that of the serial pass
+    with the partial sums added in another order (``parts`` more float64 terms).
+
+    Parameters
+    ----------
+    client : distributed.Client
+    X : ndarray of shape (n, d)
+    parts : int, optional
+        Row ranges (default: one per worker).
+    """
+
+    def __init__(self, client: Any, X: np.ndarray, parts: int | None = None) -> None:
+        workers = list(client.scheduler_info()["workers"])
+        if not workers:
+            raise ValueError("the Dask client has no workers")
+        self.client = client
+        self.shape = X.shape
+        self.ranges = row_ranges(X.shape[0], parts or len(workers))
+        self.chunks = [
+            client.scatter(np.ascontiguousarray(X[low:high]), workers=[workers[i % len(workers)]])
+            for i, (low, high) in enumerate(self.ranges)
+        ]
+
+    def __call__(self, s: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        futures = [
+            self.client.submit(chunk_pass, chunk, s, weights[low:high], pure=False)
+            for chunk, (low, high) in zip(self.chunks, self.ranges, strict=True)
+        ]
+        parts = self.client.gather(futures)
+        A = np.concatenate([part[0] for part in parts])
+        G = np.zeros(parts[0][1].shape)
+        for part in parts:
+            G += part[1]
+        return A, G
