@@ -237,3 +237,30 @@ def test_memmap_dataset_refuses_a_wrong_row_count(tmp_path):
     with pytest.raises(ValueError, match="n=5"):
         memmap_dataset(tmp_path / "x.npy", rows, 5, 2)
     assert list(tmp_path.iterdir()) == []  # nothing half-written left behind
+
+
+def test_second_order_on_high_dimensional_sparse_data_uses_preconditioned_cg(monkeypatch):
+    """d = 5000 hashed-like features: no dense Hessian, Jacobi-preconditioned CG."""
+    from oblivio.linalg import solvers
+    from oblivio.unlearners import SecondOrder
+
+    data = sparse_data(2, 400, 5000)
+    seen = []
+    original = solvers.cg_solve
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("preconditioner"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr("oblivio.unlearners.influence.cg_solve", spy)
+    model = LogisticRegression(l2=1e-2).fit(data)
+    monkeypatch.setattr(LogisticRegression, "hessian", None)  # a d x d matrix is not an option
+    u = SecondOrder(model).attach(data)
+    ids = data.ids[:5]
+    result = u.forget(Remove(ids=ids))
+    assert seen and all(p is not None for p in seen)
+    assert result.diagnostics["solver_converged"] == 1.0
+    retrained = LogisticRegression(l2=1e-2).fit(data.drop(ids))
+    before = np.linalg.norm(model.coef_ - retrained.coef_)
+    after = np.linalg.norm(u.model_.coef_ - retrained.coef_)
+    assert before > 0 and after < 0.05 * before

@@ -89,6 +89,22 @@ curvatures then) and its Cholesky factor. Per step:
    updated, ``O(t d^2 + d^3)``), then a full rebuild of ``H~`` at the current weights
    (``O(n d^2 + d^3)``), after which ``s`` is the exact Newton step.
 
+``hessian="cg"`` (and ``"amortized"`` when ``d > 4096``, e.g. hashed sparse features): no
+``d x d`` matrix at all. ``s`` solves ``H'(w) s = Delta`` by conjugate gradients with a Jacobi
+preconditioner (``O(nnz(X))`` per iteration; columns no row uses have ``H' = lam n' I`` and
+are solved exactly), and ``T2 = ||H'(w) s - Delta||`` is computed exactly with one
+Hessian-vector product in float64 (plus a rounding allowance, see ``_measure``); if it is
+too large, up to ``refine`` corrections ``s <- s - H'^-1 (H' s - Delta)`` follow.
+``||X'||_2`` is then bounded by ``min(||X||_F, sqrt(||X||_1 ||X||_inf))`` when both sides of
+``X`` exceed 4096 (:func:`~oblivio.linalg.spectral_norm_bound`).
+
+A certified fit of the amortised mode forms the per-class Hessians once, at the end of a
+short L-BFGS run, polishes to the exact optimum with chord-Newton steps using their
+factors, and keeps them as the cache (``_fit_with_cached_hessians``). Dense data stored as
+float32 or memory-mapped is used through :class:`~oblivio.data.blocked.BlockedRows`
+(float64 products a block of rows at a time, no float64 copy); its float32 rows are then
+the shadow the per-step pass reads.
+
 Whatever ``s`` is used, ``T2`` is computed exactly or rigorously bounded (deferred
 margins, the ``O(d^2)`` correction) and ``T1`` bounded: every certificate is rigorous;
 ``refresh`` caps the extra budget a step may spend on ``T2`` at ``refresh`` times its ``T1``
