@@ -740,8 +740,14 @@ class SecondOrder(_Influence):
                 def preconditioner(v: np.ndarray) -> np.ndarray:
                     return inverse * v
 
-            return cg_solve(hvp, rhs, damping=damping, rtol=self._default_rtol(), maxiter=cap,
-                            preconditioner=preconditioner)
+            return cg_solve(
+                hvp,
+                rhs,
+                damping=damping,
+                rtol=self._default_rtol(),
+                maxiter=cap,
+                preconditioner=preconditioner,
+            )
         # LiSSA on the mean Hessian H~ / n: H~^{-1} G = (H~ / n)^{-1} (G / n)
         n = len(edited)
         if self.lissa_scale == "auto":
