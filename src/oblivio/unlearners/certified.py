@@ -986,6 +986,10 @@ class CertifiedRemoval(Unlearner):
                 HS[k] += apply(s[k])
                 h_norm = math.sqrt(d) * (GAMMA * xnorm[k] ** 2 + lam * cache["nf"][k])
                 hs_err[k] += 16.0 * (d + removed + 2) * _UNIT * h_norm * s_norm[k]
+                # forming H~ = sum cf_i x_i x_i^T erred by <= gamma_n || |X|^T C |X| ||_2
+                # <= gamma_n max(cf) ||X||_F^2 <= gamma_n R^2 n / 4 (any summation order;
+                # doubled for the rows folds and partial refreshes add or take out)
+                hs_err[k] += _gamma(2 * n0 + 2, _UNIT) * 0.25 * self._R**2 * n0 * s_norm[k]
         else:
             # float64 products: |fl(x_i.s) - x_i.s| <= gamma_{q+2} R ||s|| (q terms per row)
             # and fl(X^T (c * a)) errs by <= gamma_{n+2} R ||c * a||_1 plus the propagated
