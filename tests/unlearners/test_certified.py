@@ -127,12 +127,13 @@ def test_mixed_precision_pass_is_bounded_by_its_rounding_allowance(k):
     args = (u._X, u._Z, np.zeros(K), u._S, mask, counts, s, Delta, u._xnorm, np.zeros(K))
     mixed = u._measure(*args, zerr=np.zeros(K), cache=u._cache)
     exact = u._measure(*args, zerr=np.zeros(K), cache=None)  # float64 pass: the reference
-    assert np.all(mixed["e_a"] > 0) and np.all(exact["e_a"] == 0)
+    # the float64 pass carries its own (much smaller) rounding allowance
+    assert np.all(mixed["e_a"] > 1e6 * exact["e_a"]) and np.all(exact["e_a"] > 0)
     error_a = np.abs(mixed["A_full"] - exact["A_full"])
     assert error_a.max() > 0  # rounding happened: the comparison is not vacuous
     assert np.all(error_a <= mixed["e_a"][None, :])
     error_r2 = np.linalg.norm(mixed["r2"] - exact["r2"], axis=1)
-    assert np.all(error_r2 <= mixed["err"] - exact["err"])
+    assert np.all(error_r2 <= mixed["err"] + exact["err"])
     assert np.all(mixed["T1"] >= exact["T1"]) and np.all(mixed["T2"] >= exact["T2"] - 1e-12)
     # ... and the allowance is small: the certificate barely pays for the speed
     assert np.all(mixed["T2"] <= exact["T2"] + 1e-3 * np.linalg.norm(Delta, axis=1))

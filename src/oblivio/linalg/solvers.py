@@ -206,6 +206,7 @@ def cg_solve(
     rtol: float = 1e-8,
     maxiter: int | None = None,
     x0: Any = None,
+    preconditioner: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> SolveResult:
     r"""Solve ``(H + damping I) x = b`` matrix-free by (truncated) conjugate gradients.
 
@@ -244,6 +245,10 @@ def cg_solve(
         Iteration cap (``10 p`` when None, as scipy's).
     x0 : array-like, optional
         Starting point (zero by default; costs one more product otherwise).
+    preconditioner : callable, optional
+        ``v -> M^-1 v`` for a symmetric positive definite ``M ~= H + damping I`` (e.g. the
+        inverse diagonal, Jacobi): preconditioned CG (Nocedal & Wright, Alg. 5.3). The
+        stopping rule stays on the unpreconditioned residual ``||A x - b||``.
 
     Returns
     -------
@@ -283,12 +288,16 @@ def cg_solve(
             raise ValueError(f"hvp returned {out.size} entries for a vector of {dim}")
         return out + damping * v
 
+    def precondition(v: np.ndarray) -> np.ndarray:
+        return v if preconditioner is None else _to_numpy(preconditioner(v))
+
     x = np.zeros(dim) if x0 is None else _to_numpy(x0).copy()
     r = rhs - matvec(x) if x0 is not None else rhs.copy()
-    p = r.copy()
-    rr = float(r @ r)
+    z = precondition(r)
+    p = z.copy()
+    rr = float(r @ z)
     iterations = 0
-    met = math.sqrt(rr) <= rtol * scale
+    met = float(np.linalg.norm(r)) <= rtol * scale
     negative = False
     curvature = math.nan
     with np.errstate(over="ignore", invalid="ignore"):
@@ -305,9 +314,10 @@ def cg_solve(
             x = x + alpha * p
             r = r - alpha * Ap
             iterations += 1
-            rr_new = float(r @ r)
-            met = math.sqrt(rr_new) <= rtol * scale
-            p = r + (rr_new / rr) * p
+            met = float(np.linalg.norm(r)) <= rtol * scale
+            z = precondition(r)
+            rr_new = float(r @ z)
+            p = z + (rr_new / rr) * p
             rr = rr_new
     if not np.all(np.isfinite(x)):
         return SolveResult(

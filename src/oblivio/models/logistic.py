@@ -14,6 +14,7 @@ import torch
 from scipy.special import expit, log_expit, logsumexp, softmax
 
 from oblivio.data import Dataset
+from oblivio.data.blocked import BlockedRows, needs_blocking
 from oblivio.models.base import BaseModel, NotFittedError
 
 _DENSE_NEWTON_LIMIT = 4000  # parameters; above this Newton steps use conjugate gradients
@@ -116,8 +117,13 @@ class LogisticRegression(BaseModel):
             return "binary"
         return "multinomial" if self.multi_class in ("auto", "multinomial") else "ovr"
 
-    def design_matrix(self, X: Any) -> np.ndarray | sp.csr_matrix:
-        """Features as float64 (n, D), with a ones column appended when ``fit_intercept``."""
+    def design_matrix(self, X: Any) -> np.ndarray | sp.csr_matrix | BlockedRows:
+        """Features as float64 (n, D), with a ones column appended when ``fit_intercept``.
+
+        Dense data stored as float32 (or memory-mapped) is not copied: it is wrapped in a
+        :class:`~oblivio.data.blocked.BlockedRows`, whose products run in float64 a block of
+        rows at a time (the same values, half the memory or out of core).
+        """
         if isinstance(X, Dataset):
             X = X.X
         cache = self._design_cache
@@ -129,10 +135,15 @@ class LogisticRegression(BaseModel):
                 ones = sp.csr_matrix(np.ones((design.shape[0], 1)))
                 design = sp.hstack([design, ones], format="csr")
         else:
-            design = np.asarray(X, dtype=np.float64)
+            design = np.asarray(X)
             design = design.reshape(design.shape[0], -1)
-            if self.fit_intercept:
-                design = np.hstack([design, np.ones((design.shape[0], 1))])
+            if needs_blocking(design):
+                # float32 or memory-mapped storage: float64 products block by block, no copy
+                design = BlockedRows(design, intercept=self.fit_intercept)
+            else:
+                design = np.asarray(design, dtype=np.float64)
+                if self.fit_intercept:
+                    design = np.hstack([design, np.ones((design.shape[0], 1))])
         self._design_cache = (X, design)
         return design
 
@@ -204,6 +215,8 @@ class LogisticRegression(BaseModel):
         n_vectors, width = W.shape
 
         def gram(weights: np.ndarray) -> np.ndarray:
+            if isinstance(X, BlockedRows):
+                return X.weighted_gram(weights)
             if sp.issparse(X):
                 return np.asarray((X.T @ X.multiply(weights[:, None])).todense())
             return X.T @ (X * weights[:, None])
@@ -411,6 +424,24 @@ class LogisticRegression(BaseModel):
         """Dense Hessian of the objective on ``data`` at ``theta``, shape (p, p)."""
         W = self._theta_matrix(data, theta)
         return torch.from_numpy(self._hessian_np(data, W))
+
+    def hessian_diagonal(self, data: Dataset, theta: Any = None) -> np.ndarray:
+        """Diagonal of the objective's Hessian (flat, float64), ``O(nnz(X))``.
+
+        For class vector ``k``: ``sum_i c_ik x_ij^2 + l2 n`` with ``c_ik`` the logistic
+        curvature (binary / one-vs-rest) or ``p_ik (1 - p_ik)`` (multinomial). A Jacobi
+        preconditioner for conjugate gradients when the dense Hessian is too large.
+        """
+        W = self._theta_matrix(data, theta)
+        mode, curvature, X = self._curvature(data, W)
+        if mode == "multinomial":
+            curvature = curvature * (1.0 - curvature)
+        if isinstance(X, BlockedRows):
+            diagonal = X.rmatmul(curvature, transform=np.square).T + self.l2 * len(data)
+        else:
+            squares = X.multiply(X) if sp.issparse(X) else X * X
+            diagonal = np.asarray(squares.T @ curvature).T + self.l2 * len(data)
+        return np.ascontiguousarray(diagonal).ravel()
 
     def objective(self, data: Dataset, theta: Any = None) -> torch.Tensor:
         flat = self._theta_matrix(data, theta).ravel()

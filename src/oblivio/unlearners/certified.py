@@ -89,6 +89,22 @@ curvatures then) and its Cholesky factor. Per step:
    updated, ``O(t d^2 + d^3)``), then a full rebuild of ``H~`` at the current weights
    (``O(n d^2 + d^3)``), after which ``s`` is the exact Newton step.
 
+``hessian="cg"`` (and ``"amortized"`` when ``d > 4096``, e.g. hashed sparse features): no
+``d x d`` matrix at all. ``s`` solves ``H'(w) s = Delta`` by conjugate gradients with a Jacobi
+preconditioner (``O(nnz(X))`` per iteration; columns no row uses have ``H' = lam n' I`` and
+are solved exactly), and ``T2 = ||H'(w) s - Delta||`` is computed exactly with one
+Hessian-vector product in float64 (plus a rounding allowance, see ``_measure``); if it is
+too large, up to ``refine`` corrections ``s <- s - H'^-1 (H' s - Delta)`` follow.
+``||X'||_2`` is then bounded by ``min(||X||_F, sqrt(||X||_1 ||X||_inf))`` when both sides of
+``X`` exceed 4096 (:func:`~oblivio.linalg.spectral_norm_bound`).
+
+A certified fit of the amortised mode forms the per-class Hessians once, at the end of a
+short L-BFGS run, polishes to the exact optimum with chord-Newton steps using their
+factors, and keeps them as the cache (``_fit_with_cached_hessians``). Dense data stored as
+float32 or memory-mapped is used through :class:`~oblivio.data.blocked.BlockedRows`
+(float64 products a block of rows at a time, no float64 copy); its float32 rows are then
+the shadow the per-step pass reads.
+
 Whatever ``s`` is used, ``T2`` is computed exactly or rigorously bounded (deferred
 margins, the ``O(d^2)`` correction) and ``T1`` bounded: every certificate is rigorous;
 ``refresh`` caps the extra budget a step may spend on ``T2`` at ``refresh`` times its ``T1``
@@ -125,6 +141,9 @@ records), not feature columns of records outside the request.
 from __future__ import annotations
 
 import math
+import time
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -134,9 +153,12 @@ import scipy.stats
 from scipy.special import expit
 
 from oblivio.data import Change, Dataset, RequestError
+from oblivio.data.blocked import BlockedRows, needs_blocking
+from oblivio.linalg.solvers import cg_solve
 from oblivio.linalg.spectral import spectral_norm_bound
 from oblivio.models.base import Model
 from oblivio.models.logistic import LogisticRegression
+from oblivio.unlearners._passes import BLOCK, fused_pass, thread_pool
 from oblivio.unlearners.base import Certificate, Outcome, Unlearner, register
 
 __all__ = ["CertifiedRemoval", "budget", "noise_constant"]
@@ -147,7 +169,12 @@ _GRAM_LIMIT = 4096  # largest d for which the Gram matrix X^T X is kept
 _BUDGET_FLOOR = 1e-5  # per step, as a share of the budget (see _newton)
 _FOLD_ROWS = 64  # fold removed rows into the cached inverse once this many have gathered
 _PARTIAL_SHARE = 0.02  # share of rows whose curvature a partial refresh updates
-_BLOCK = 256  # rows per block of the fused pass over X (kept in cache between products)
+_BATCH_MODES = ("sequential", "joint", "auto")
+_COARSE_ITER = 45  # L-BFGS iterations before the chord-Newton polish of a certified fit
+_CHORD_STEPS = 40
+_CG_RTOL = 1e-5  # relative residual of the matrix-free step (what it leaves is in T2)
+_CG_MAXITER = 500
+_clock = time.perf_counter  # the clock batch="auto" sizes its steps with
 _UNIT = np.finfo(np.float64).eps / 2
 _UNIT32 = float(np.finfo(np.float32).eps) / 2
 
@@ -170,6 +197,11 @@ def budget(epsilon: float, delta: float, sigma: float) -> float:
 def _row_norms(X: Any) -> np.ndarray:
     if sp.issparse(X):
         return np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
+    if isinstance(X, BlockedRows):
+        return X.row_norms()
+    X = np.asarray(X)
+    if needs_blocking(X.reshape(X.shape[0], -1)):  # float32 / memory-mapped: no float64 copy
+        return BlockedRows(X.reshape(X.shape[0], -1)).row_norms()
     X = np.asarray(X, dtype=np.float64)
     return np.linalg.norm(X.reshape(X.shape[0], -1), axis=1)
 
@@ -190,36 +222,55 @@ def _inverse(factor: tuple) -> np.ndarray:
     return scipy.linalg.cho_solve(factor, np.eye(size), check_finite=False)
 
 
-def _fused_pass(X: np.ndarray, s: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, ...]:
-    """``A = X s^T`` and ``G = (X^T (weights * A))^T`` in one pass over a dense ``X``.
+def _apply_mask(mask: np.ndarray, *arrays: np.ndarray) -> np.ndarray:
+    """Zero ``arrays`` (each shaped like ``mask``) in place where ``mask`` is False.
 
-    Blocks of ``_BLOCK`` rows stay in cache for both products, which are computed in
-    ``X``'s dtype; the blocks' contributions to ``G`` are summed in float64.
+    Usually only the few rows removed since the last compaction are masked: touching just
+    those rows avoids full ``(n, K)`` passes. Returns the last array.
     """
-    n0, d = X.shape
-    K = s.shape[0]
-    s = np.ascontiguousarray(s, dtype=X.dtype)
-    weights = weights.astype(X.dtype, copy=False)
-    A = np.empty((n0, K), dtype=X.dtype)
-    G = np.zeros((K, d))
-    for start in range(0, n0, _BLOCK):
-        rows = slice(start, start + _BLOCK)
-        block = X[rows]
-        if K == 1:  # matrix-vector products are faster than (B x 1) matrices
-            part = block @ s[0]
-            A[rows, 0] = part
-            G[0] += block.T @ (weights[rows, 0] * part)
-        else:
-            part = block @ s.T
-            A[rows] = part
-            G += (block.T @ (weights[rows] * part)).T
-    return A, G
+    rows = np.flatnonzero(~mask.all(axis=1))
+    if rows.size * 8 < mask.shape[0]:
+        keep = mask[rows]
+        for array in arrays:
+            array[rows] *= keep
+    else:
+        for array in arrays:
+            array *= mask
+    return arrays[-1]
 
 
 def _float32_shadow(X: Any) -> np.ndarray | None:
     """float32 copy of a dense ``X`` for the per-step pass (half the memory traffic; its
-    rounding is bounded rigorously in ``_measure``); None for sparse ``X``."""
-    return None if sp.issparse(X) else np.ascontiguousarray(X, dtype=np.float32)
+    rounding is bounded rigorously in ``_measure``); None for sparse ``X``. Data already
+    stored as float32 (:class:`BlockedRows`, e.g. memory-mapped) is used as it is."""
+    if sp.issparse(X):
+        return None
+    if isinstance(X, BlockedRows):
+        if X.data.dtype == np.float32 and not X.intercept:
+            return X.data
+        shadow = np.empty(X.shape, dtype=np.float32)
+        for start, stop, part in X.blocks():
+            shadow[start:stop] = part
+        return shadow
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _dense64(X: Any) -> Any:
+    """Dense design matrices as C-contiguous float64 (sparse and blocked ones as they are)."""
+    if sp.issparse(X) or isinstance(X, BlockedRows):
+        return X
+    return np.ascontiguousarray(X, dtype=np.float64)
+
+
+def _norm_bound(X: Any, gram: np.ndarray | None) -> float:
+    """Upper bound on ``||X||_2``; from the Gram matrix when there is one (no copy of X)."""
+    if gram is None:
+        if isinstance(X, BlockedRows):  # Frobenius norm, one blocked pass
+            return float(np.sqrt(np.sum(X.row_norms() ** 2))) * (1.0 + 1e-12)
+        return spectral_norm_bound(X)
+    n, d = X.shape
+    top = scipy.linalg.eigvalsh(gram, subset_by_index=[d - 1, d - 1])
+    return float(np.sqrt(max(float(top[0]), 0.0))) * (1.0 + 8.0 * (n + d) * _UNIT)
 
 
 def _set_inverse(cache: dict[str, Any], k: int, inverse: np.ndarray) -> None:
@@ -242,6 +293,8 @@ def _weighted_gram(X: Any, weights: np.ndarray | None) -> np.ndarray:
     if sp.issparse(X):
         scaled = X if weights is None else X.multiply(weights[:, None])
         return np.asarray((X.T @ scaled).todense())
+    if isinstance(X, BlockedRows):
+        return X.weighted_gram(weights)
     if weights is not None and np.any(weights < 0):
         return X.T @ (X * weights[:, None])
     scaled = X if weights is None else X * np.sqrt(weights)[:, None]
@@ -278,12 +331,30 @@ class CertifiedRemoval(Unlearner):
         Per-record L2 strength; ``None`` uses ``model.l2``.
     bound : {"data", "worst"}
         Data-dependent bound (Cor. 1, tightened) or the worst-case bound (Thm 1).
-    hessian : {"amortized", "exact"}
-        Cached Cholesky factor plus an exactly computed correction term, or the Hessian
-        rebuilt and factorised at every step (original procedure).
-    batch : bool
-        Remove a request's records in one Newton step (Sec. 4.1) instead of one at a time.
-        Edits (Relabel, ReplaceFeatures, Replace) are always one step per request.
+    hessian : {"amortized", "exact", "cg"}
+        Cached Cholesky factor plus an exactly computed correction term, the Hessian
+        rebuilt and factorised at every step (original procedure), or matrix-free: no
+        ``d x d`` matrix, the step solved by Jacobi-preconditioned conjugate gradients on
+        the current Hessian and ``T2`` computed exactly with one Hessian-vector product
+        (high-dimensional sparse data). ``"amortized"`` switches to ``"cg"`` when
+        ``d > 4096``.
+    batch : {"sequential", "joint", "auto"}
+        How the ``m`` records of a removal request are taken out. ``"sequential"``: one
+        Newton step per record (``m`` passes over ``X``; usually the least budget, since the
+        curvature term of a step grows with the square of the step). ``"joint"``: one
+        Newton step for the whole batch (Guo et al., Sec. 4.1; one pass; its bound grows
+        about like ``m^2`` for similar records, but less where their gradients cancel).
+        ``"auto"``: computes the joint step and the first record's step, keeps whichever
+        spends less budget per record (the single step times ``m`` against the joint one),
+        and continues with as many steps as ``time_limit`` affords (equal groups sized from
+        the measured time per step); it costs one extra pass. ``True`` / ``False`` are
+        accepted for ``"joint"`` / ``"sequential"``. Edits (Relabel, ReplaceFeatures,
+        Replace) are always one step per request.
+    time_limit : float or None
+        Seconds a removal request may take with ``batch="auto"`` (None: no limit).
+    n_jobs : int
+        Threads for the pass over a dense ``X`` (contiguous row ranges; the rounding bounds
+        cover any order of the partial sums).
     subsample : float or None
         One-vs-rest negative subsampling ratio ``r`` in (0, 1]: class k trains on all its
         positives and each negative with probability ``r`` (reference §7). Only removals
@@ -333,7 +404,9 @@ class CertifiedRemoval(Unlearner):
         l2: float | None = None,
         bound: str = "data",
         hessian: str = "amortized",
-        batch: bool = False,
+        batch: str | bool = "sequential",
+        time_limit: float | None = None,
+        n_jobs: int = 1,
         subsample: float | None = None,
         refine: int = 1,
         refresh: float = 0.5,
@@ -348,6 +421,8 @@ class CertifiedRemoval(Unlearner):
         self.bound = bound
         self.hessian = hessian
         self.batch = batch
+        self.time_limit = time_limit
+        self.n_jobs = n_jobs
         self.subsample = subsample
         self.refine = refine
         self.refresh = refresh
@@ -373,8 +448,26 @@ class CertifiedRemoval(Unlearner):
             raise ValueError(f"l2 must be None or a positive finite number, got {self.l2!r}")
         if self.bound not in ("data", "worst"):
             raise ValueError(f"bound must be 'data' or 'worst', got {self.bound!r}")
-        if self.hessian not in ("amortized", "exact"):
-            raise ValueError(f"hessian must be 'amortized' or 'exact', got {self.hessian!r}")
+        if self.hessian not in ("amortized", "exact", "cg"):
+            raise ValueError(
+                f"hessian must be 'amortized', 'exact' or 'cg', got {self.hessian!r}"
+            )
+        if not (isinstance(self.batch, bool) or self.batch in _BATCH_MODES):
+            raise ValueError(
+                f"batch must be one of {', '.join(map(repr, _BATCH_MODES))} (or a bool), "
+                f"got {self.batch!r}"
+            )
+        if self.time_limit is not None and not (
+            isinstance(self.time_limit, (int, float)) and np.isfinite(self.time_limit)
+            and self.time_limit > 0
+        ):
+            raise ValueError(
+                f"time_limit must be None or a positive number of seconds, got "
+                f"{self.time_limit!r}"
+            )
+        if not (isinstance(self.n_jobs, (int, np.integer)) and not isinstance(self.n_jobs, bool)
+                and self.n_jobs >= 1):
+            raise ValueError(f"n_jobs must be a positive integer, got {self.n_jobs!r}")
         if self.subsample is not None and not (0 < self.subsample <= 1):
             raise ValueError(f"subsample must be None or in (0, 1], got {self.subsample!r}")
         if not (isinstance(self.refine, (int, np.integer)) and self.refine >= 0):
@@ -483,7 +576,10 @@ class CertifiedRemoval(Unlearner):
         noise = self._rng.normal(0.0, self.sigma, size=K * D) if self.sigma > 0 else None
         if self.subsample is None:
             model.noise = noise
-            model.fit(data)
+            if self.hessian == "amortized" and D <= _GRAM_LIMIT:
+                self._fit_cache = self._fit_with_cached_hessians(model, data, K)
+            else:
+                model.fit(data)
             return model, None
         member = self._rng.random((len(data), K)) < self.subsample
         if K > 1:
@@ -509,6 +605,52 @@ class CertifiedRemoval(Unlearner):
         )
         return model, member
 
+    def _fit_with_cached_hessians(
+        self, model: LogisticRegression, data: Dataset, K: int
+    ) -> tuple[np.ndarray, dict[str, Any]] | None:
+        """Fit ``model`` to its exact optimum reusing the Hessians the cache needs anyway.
+
+        A short L-BFGS run (``_COARSE_ITER`` iterations) gets close; the per-class Hessians
+        ``H_k(w0)`` and their factors are formed there, once; then chord-Newton steps
+        ``w <- w - H(w0)^-1 grad L_b(w)`` (one gradient pass each, linear convergence with
+        rate ``||I - H(w0)^-1 H(w)||``, small this close to the optimum) run to the model's
+        ``tol``. The factors become the amortised cache (its curvatures ``cf`` are those at
+        ``w0``; the per-step pass measures the drift), so a certified fit costs one set of
+        Hessians instead of Newton polishing plus a set. Falls back to ``model.fit`` (warm
+        started) if the chord steps stall. Returns ``(w0, cache)`` or None.
+        """
+        coarse = model.clone()
+        coarse.noise = model.noise
+        coarse.tol = math.inf  # only the L-BFGS phase
+        coarse.max_iter = _COARSE_ITER
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            coarse.fit(data)
+        W0 = coarse.coef_.copy()
+        X = model.design_matrix(data.X)
+        X = _dense64(X)
+        self._K, self._l2 = K, float(model.l2)
+        S = self._signs(data.y, K)
+        mask = np.ones((len(data), K), dtype=bool)
+        counts = mask.sum(axis=0)
+        cache = self._fresh_cache(X, np.asarray(X @ W0.T), mask, counts, range(K), None)
+        noise = 0.0 if model.noise is None else np.asarray(model.noise).reshape(W0.shape)
+        W = W0
+        for _ in range(_CHORD_STEPS):
+            grad = np.asarray(X.T @ self._loss_slope(np.asarray(X @ W.T), S)).T
+            grad += self._l2 * len(data) * W + noise
+            if float(np.linalg.norm(grad)) <= model.tol:
+                break
+            step = np.stack([scipy.linalg.cho_solve(cache["F"][k], grad[k], check_finite=False)
+                             for k in range(K)])
+            W = W - step
+        else:
+            model.fit(data, init=W.ravel())
+            return W0, cache
+        meta = {"shape": [K, W.shape[1]], "mode": model.mode(data.n_classes)}
+        model.set_state({"theta": W.ravel(), "noise": model.noise, "__meta__": meta})
+        return W0, cache
+
     # -- cached state ----------------------------------------------------------------------
     def _prepare(self) -> None:
         member = getattr(self, "_pending_member", None)
@@ -530,8 +672,7 @@ class CertifiedRemoval(Unlearner):
         self._K, self._D = K, D
         self._l2 = float(model.l2)
         X = model.design_matrix(data.X)
-        if not sp.issparse(X):
-            X = np.ascontiguousarray(X, dtype=np.float64)
+        X = _dense64(X)
         self._X = X
         self._X32 = _float32_shadow(X)
         self._zerr = np.zeros(K)  # bound on |Z - exact margins| from float32 updates
@@ -553,11 +694,16 @@ class CertifiedRemoval(Unlearner):
         if X.shape[1] <= _GRAM_LIMIT:
             self._gram = _weighted_gram(X, None)
         if self.subsample is None:
-            self._xnorm = np.full(K, spectral_norm_bound(X, gram=self._gram))
+            self._xnorm = np.full(K, _norm_bound(X, self._gram))
         else:
             self._xnorm = np.array([spectral_norm_bound(X[mask[:, k]]) for k in range(K)])
         self._pending = np.zeros((K, D))  # deferred correction: exact margins Z - X pending^T
-        self._cache = self._fresh_cache(X, self._Z, mask, self._counts, range(K), None)
+        fit_cache = getattr(self, "_fit_cache", None)
+        self._fit_cache = None
+        if fit_cache is not None and fit_cache[1]["cf"].shape == (len(data), K):
+            self._cache = fit_cache[1]  # Hessians at the fit's coarse point (see _train_fresh)
+        else:
+            self._cache = self._fresh_cache(X, self._Z, mask, self._counts, range(K), None)
         self._refreshes = 0
         residual, allowance = self._residual(X, self._Z, mask, W, self._counts)
         self._initial_residual = residual + allowance
@@ -583,7 +729,7 @@ class CertifiedRemoval(Unlearner):
 
     def _hessian(self, X: Any, weights: np.ndarray, count: int) -> np.ndarray:
         """``X^T diag(weights) X + lam * count * I`` (weights zero outside the class's rows)."""
-        if sp.issparse(X):
+        if sp.issparse(X) or isinstance(X, BlockedRows):
             H = _weighted_gram(X, weights)
         else:
             rows = np.flatnonzero(weights)
@@ -602,7 +748,7 @@ class CertifiedRemoval(Unlearner):
         ``Hf v = H~ v - sum_{removed since} cf_i x_i x_i^T v - lam (nf - n') v`` (the same
         matrix on the *current* rows) costs ``O(d^2 + k d)``. Returns a new dict.
         """
-        if self.hessian != "amortized":
+        if self._solver_mode() != "amortized":
             return None
         cache = self._copy_cache(cache, Z, mask, counts)
         curvature = self._curvature(Z, mask)
@@ -810,20 +956,29 @@ class CertifiedRemoval(Unlearner):
         K = self._K
         if zerr is None:
             zerr = np.zeros(K)
-        curvature = self._curvature(Z, mask)
         e_a = np.zeros(K)
         hs_err = np.zeros(K)
+        dc = dc_norm = None
         mixed = cache is not None and self._X32 is not None and X is self._X
         if mixed:
             n0, d = X.shape
-            dc = (curvature - cache["cf"] * mask) * mask
-            A32, HS = _fused_pass(self._X32, s, dc)
+            # curvatures and their drift, zero outside the mask; in place, as these (n, K)
+            # element-wise passes cost as much as the float32 pass itself
+            curvature = expit(Z)
+            curvature *= 1.0 - curvature
+            dc = curvature - cache["cf"]
+            _apply_mask(mask, curvature, dc)
+            A32, HS = fused_pass(self._X32, s, dc, workers=thread_pool(self.n_jobs),
+                                 parts=self.n_jobs)
             A_full = A32.astype(np.float64)
+            A = _apply_mask(mask, A_full.copy())
             s_norm = np.linalg.norm(s, axis=1)
             e_a = _gamma(d + 3) * self._R * s_norm
-            weighted = np.abs(dc * A_full).sum(axis=0)
-            block_gamma = _gamma(_BLOCK + 8) + _gamma(n0 // _BLOCK + 2, _UNIT)
-            hs_err = xnorm * np.linalg.norm(dc, axis=0) * e_a + block_gamma * self._R * weighted
+            dc_norm = np.sqrt(np.einsum("ik,ik->k", dc, dc))
+            # ||dc * a^||_1 <= ||dc||_2 ||a^||_2 (Cauchy-Schwarz)
+            weighted = dc_norm * np.sqrt(np.einsum("ik,ik->k", A, A))
+            block_gamma = _gamma(BLOCK + 8) + _gamma(n0 // BLOCK + 2 + self.n_jobs, _UNIT)
+            hs_err = xnorm * dc_norm * e_a + block_gamma * self._R * weighted
             for k in range(K):
                 if not np.any(s[k]):
                     continue
@@ -831,19 +986,38 @@ class CertifiedRemoval(Unlearner):
                 HS[k] += apply(s[k])
                 h_norm = math.sqrt(d) * (GAMMA * xnorm[k] ** 2 + lam * cache["nf"][k])
                 hs_err[k] += 16.0 * (d + removed + 2) * _UNIT * h_norm * s_norm[k]
-        elif sp.issparse(X):
-            A_full = np.asarray(X @ s.T)
-            HS = np.asarray(X.T @ (curvature * A_full * mask)).T
-            HS += lam * counts[:, None] * s
+                # forming H~ = sum cf_i x_i x_i^T erred by <= gamma_n || |X|^T C |X| ||_2
+                # <= gamma_n max(cf) ||X||_F^2 <= gamma_n R^2 n / 4 (any summation order;
+                # doubled for the rows folds and partial refreshes add or take out)
+                hs_err[k] += _gamma(2 * n0 + 2, _UNIT) * 0.25 * self._R**2 * n0 * s_norm[k]
         else:
-            A_full, HS = _fused_pass(X, s, curvature)
+            # float64 products: |fl(x_i.s) - x_i.s| <= gamma_{q+2} R ||s|| (q terms per row)
+            # and fl(X^T (c * a)) errs by <= gamma_{n+2} R ||c * a||_1 plus the propagated
+            # ||X'||_2 ||c||_inf sqrt(n') e_a (Higham, any summation order)
+            curvature = self._curvature(Z, mask)
+            if sp.issparse(X) or isinstance(X, BlockedRows):
+                A_full = np.asarray(X @ s.T)
+                HS = np.asarray(X.T @ (curvature * A_full)).T
+                per_row = (int(np.diff(X.indptr).max(initial=0)) if sp.issparse(X)
+                           else X.shape[1])
+            else:
+                A_full, HS = fused_pass(X, s, curvature)
+                per_row = X.shape[1]
             HS += lam * counts[:, None] * s
-        A = A_full * mask
+            A = A_full * mask
+            s_norm = np.linalg.norm(s, axis=1)
+            e_a = _gamma(per_row + 2, _UNIT) * self._R * s_norm
+            hs_err = (
+                _gamma(X.shape[0] + 2, _UNIT) * self._R * np.abs(curvature * A).sum(axis=0)
+                + xnorm * GAMMA * np.sqrt(counts) * e_a
+                + 2 * _UNIT * lam * counts * s_norm
+            )
         r2 = HS - Delta
         root_n = np.sqrt(counts.astype(np.float64))
-        a2 = np.linalg.norm(A, axis=0) + root_n * e_a  # upper bounds on the exact norms
+        squares = A * A
+        a2 = np.sqrt(squares.sum(axis=0)) + root_n * e_a  # upper bounds on the exact norms
         a_inf = (np.max(np.abs(A), axis=0) if A.size else np.zeros(K)) + e_a
-        a4 = np.sum(A**4, axis=0) ** 0.25 + np.sqrt(root_n) * e_a
+        a4 = np.einsum("ik,ik->k", squares, squares) ** 0.25 + np.sqrt(root_n) * e_a
         lag = GAMMA * self._R * p_norm * a2  # |c~_i - c_i| <= gamma R ||p||
         if p_image is not None:  # or ||c~ - c||_2 <= gamma ||X' p||_2, times ||a||_inf
             lag = np.minimum(lag, GAMMA * p_image * a_inf)
@@ -851,7 +1025,8 @@ class CertifiedRemoval(Unlearner):
         T2 = np.linalg.norm(r2, axis=1) + err
         T1 = 0.5 * GAMMA * xnorm * a4**2
         return {"A_full": A_full, "A": A, "a2": a2, "a4": a4, "T1": T1, "T2": T2, "r2": r2,
-                "err": err, "curvature": curvature, "e_a": e_a, "zerr": zerr}
+                "err": err, "curvature": curvature, "e_a": e_a, "zerr": zerr,
+                "dc": dc, "dc_norm": dc_norm}
 
     def _image_norm(self, V: np.ndarray, xnorm: np.ndarray) -> np.ndarray:
         """Upper bounds on ``||X' v_k||_2`` per class: ``sqrt(v^T G v)`` or ``||X'||_2 ||v||``."""
@@ -885,9 +1060,13 @@ class CertifiedRemoval(Unlearner):
         # what the solve leaves is accounted exactly (``left``): modest accuracy suffices
         u, iterations, left = self._cached_solve(X, mask, counts, rhs, classes, self._cache,
                                                  rtol=1e-3)
-        shift = m["curvature"] - self._cache["cf"] * mask  # lagging c minus cf
+        if m["dc"] is not None and m["cache"] is self._cache:
+            shift, shift_norm = m["dc"], m["dc_norm"]  # the pass's own c - cf
+        else:
+            shift = m["curvature"] - self._cache["cf"] * mask  # lagging c minus cf
+            shift_norm = np.linalg.norm(shift, axis=0)
         root_n = np.sqrt(counts.astype(np.float64))
-        drift_2 = np.linalg.norm(shift, axis=0) + GAMMA * (m["p_image"] + root_n * m["zerr"])
+        drift_2 = shift_norm + GAMMA * (m["p_image"] + root_n * m["zerr"])
         drift_inf = np.max(np.abs(shift), axis=0) + GAMMA * (self._R * p_norm + m["zerr"])
         u_norm = np.linalg.norm(u, axis=1)
         u_image = self._image_norm(u, xnorm)  # >= ||X' u||_2 >= ||X' u||_4
@@ -939,7 +1118,10 @@ class CertifiedRemoval(Unlearner):
                 pending = np.zeros_like(pending)
                 zerr = np.zeros(K)
 
-        if self.hessian == "exact" or refresh_all:
+        mode = self._solver_mode()
+        if mode == "cg":  # the lagging margins' error is accounted in the measured T2
+            s, iterations = self._cg_steps(X, Z, mask, counts, Delta, touched)
+        elif mode == "exact" or refresh_all:
             settle()
             curvature = self._curvature(Z, mask)
             s = np.zeros_like(Delta)
@@ -966,11 +1148,12 @@ class CertifiedRemoval(Unlearner):
             p_norm = np.linalg.norm(pending, axis=1)
             p_image = self._image_norm(pending, xnorm)
             current = None
-            if self.hessian == "amortized":
+            if mode == "amortized":
                 current = self._cache if cache is None else cache
             out = self._measure(X, Z, p_norm, S, mask, counts, s, Delta, xnorm, p_image,
                                 zerr=zerr, cache=current)
             out["p_image"] = p_image
+            out["cache"] = current
             return out
 
         m = measure()
@@ -983,7 +1166,18 @@ class CertifiedRemoval(Unlearner):
         def is_stale(k: int) -> bool:
             return bool(m["T2"][k] > self.refresh * max(m["T1"][k], floor) + tiny[k])
 
-        if self.hessian == "amortized" and not refresh_all:
+        if mode == "cg":  # exact corrections s <- s - H^-1 (H s - Delta), one pass each
+            for _ in range(max(int(self.refine), 1)):
+                stale = [k for k in touched if is_stale(k)]
+                if not stale:
+                    break
+                rhs = np.zeros_like(m["r2"])
+                rhs[stale] = m["r2"][stale]
+                correction, more = self._cg_steps(X, Z, mask, counts, rhs, stale)
+                iterations += more
+                s = s - correction
+                m = measure()
+        if mode == "amortized" and not refresh_all:
             stale = [k for k in touched if is_stale(k)]
             if stale and self.refine >= 1:
                 p_norm = np.linalg.norm(pending, axis=1)
@@ -1068,6 +1262,55 @@ class CertifiedRemoval(Unlearner):
             "corrections": corrected if deferred is not None else 0,
         }
 
+    def _solver_mode(self) -> str:
+        """``hessian``, with ``"amortized"`` read as ``"cg"`` above ``_GRAM_LIMIT`` columns."""
+        if self.hessian == "amortized" and getattr(self, "_D", 0) > _GRAM_LIMIT:
+            return "cg"
+        return self.hessian
+
+    def _cg_steps(
+        self, X: Any, Z: np.ndarray, mask: np.ndarray, counts: np.ndarray, rhs: np.ndarray,
+        classes: Any,
+    ) -> tuple[np.ndarray, int]:
+        """``H'(w)^-1 rhs_k`` per class by Jacobi-preconditioned CG, matrix-free, ``O(nnz)``
+        per iteration. Its accuracy matters for the budget, not for rigour: the caller
+        measures ``T2 = ||H'(w) s - Delta||`` exactly afterwards.
+
+        On columns no row uses (common for hashed features) the Hessian is ``lam n' I``:
+        there the solution is ``rhs / (lam n')`` exactly and CG runs on the other columns.
+        """
+        curvature = self._curvature(Z, mask)
+        if isinstance(X, BlockedRows):
+            diagonal = X.rmatmul(curvature, transform=np.square).T
+        else:
+            squares = X.multiply(X).tocsr() if sp.issparse(X) else X * X
+            diagonal = np.asarray(squares.T @ curvature).T
+        used = np.flatnonzero(np.any(diagonal > 0, axis=0))
+        diagonal = diagonal + self._l2 * counts[:, None]
+        out = rhs / (self._l2 * np.maximum(counts, 1))[:, None]
+        full = used.size == X.shape[1]
+        iterations = 0
+        for k in classes:
+            weights = curvature[:, k]
+            shift = self._l2 * counts[k]
+
+            def hvp(v: np.ndarray, weights: np.ndarray = weights, shift: float = shift):
+                if full:
+                    return np.asarray(X.T @ (weights * np.asarray(X @ v))).ravel() + shift * v
+                wide = np.zeros(X.shape[1])
+                wide[used] = v
+                product = np.asarray(X.T @ (weights * np.asarray(X @ wide))).ravel()
+                return product[used] + shift * v
+
+            inverse = 1.0 / diagonal[k, used]
+            result = cg_solve(hvp, rhs[k, used], rtol=_CG_RTOL, maxiter=_CG_MAXITER,
+                              preconditioner=lambda v, inverse=inverse: inverse * v)
+            out[k, used] = result.x
+            iterations += result.iterations
+        for k in np.setdiff1d(np.arange(rhs.shape[0]), np.asarray(list(classes), dtype=int)):
+            out[k] = 0.0
+        return out, iterations
+
     # -- forget ----------------------------------------------------------------------------
     def _validate_change(self, change: Change) -> None:
         if change.is_removal or change.is_empty:
@@ -1115,9 +1358,7 @@ class CertifiedRemoval(Unlearner):
                        "corrections": 0.0, "solver_iterations": 0.0}
         if change.is_removal:
             positions = self._base.positions(change.ids)
-            groups = [positions] if self.batch else [positions[i:i + 1]
-                                                      for i in range(positions.size)]
-            steps = (self._removal_step(group) for group in groups)
+            steps = self._removal_steps(positions)
         else:
             steps = iter([self._edit_step(change)])
         retrained = False
@@ -1155,6 +1396,46 @@ class CertifiedRemoval(Unlearner):
         diagnostics["budget_left"] = self.budget_left_
         return Outcome(retrained=retrained, certificate=self._certificate(),
                        diagnostics=diagnostics, exact=False)
+
+    def _removal_steps(self, positions: np.ndarray) -> Iterator[tuple[dict[str, Any], Any]]:
+        """Newton steps (step, commit) for the records of one removal request (``batch``).
+
+        ``"auto"`` computes two candidates from the current weights, the joint step and the
+        step for the first record alone (two passes), and takes the joint step when it
+        costs no more budget than ``m`` times the single step (records whose gradients
+        cancel, e.g. of different classes, make the joint step cheap) or when the time limit
+        does not allow more steps; otherwise it continues with as many steps as the time
+        limit affords, sized from the measured time per step.
+        """
+        mode = {True: "joint", False: "sequential"}.get(self.batch, self.batch)
+        if mode == "joint" or positions.size == 1:
+            yield self._removal_step(positions)
+            return
+        if mode == "sequential":
+            for i in range(positions.size):
+                yield self._removal_step(positions[i : i + 1])
+            return
+        start = _clock()
+        joint = self._removal_step(positions)
+        first = self._removal_step(positions[:1])
+        per_step = (_clock() - start) / 2
+        limit = math.inf if self.time_limit is None else self.time_limit
+        affordable = (limit - 2 * per_step) / max(per_step, 1e-9)
+        if affordable < 1 or positions.size * first[0]["bound"] >= joint[0]["bound"]:
+            yield joint
+            return
+        yield first
+        done, taken = 1, 0
+        while done < positions.size:
+            left = positions.size - done
+            size = 1
+            if self.time_limit is not None:
+                elapsed = _clock() - start
+                affordable = int((limit - elapsed) // (elapsed / (taken + 2)))
+                size = left if affordable <= 1 else -(-left // min(affordable, left))
+            yield self._removal_step(positions[done : done + size])
+            done += size
+            taken += 1
 
     def _removal_step(self, positions: np.ndarray) -> tuple[dict[str, Any], Any]:
         W = self._W
@@ -1201,8 +1482,7 @@ class CertifiedRemoval(Unlearner):
         positions = old.positions(change.ids)
         result = change.result
         X_new = self.model_.design_matrix(result.X)
-        if not sp.issparse(X_new):
-            X_new = np.ascontiguousarray(X_new, dtype=np.float64)
+        X_new = _dense64(X_new)
         X32_new = _float32_shadow(X_new)
         S_new = self._signs(result.y, self._K)
         rows_old = _rows(self._X, positions)
@@ -1250,9 +1530,13 @@ class CertifiedRemoval(Unlearner):
         if self._active.all():
             return
         keep = self._active
-        self._X = self._X[keep]
-        if self._X32 is not None:
-            self._X32 = self._X32[keep]
+        if isinstance(self._X, BlockedRows):
+            self._X = self._X.take_rows(keep)
+            self._X32 = _float32_shadow(self._X)
+        else:
+            self._X = self._X[keep]
+            if self._X32 is not None:
+                self._X32 = self._X32[keep]
         self._Z = self._Z[keep]
         self._S = self._S[keep]
         self._member = self._member[keep]

@@ -730,7 +730,24 @@ class SecondOrder(_Influence):
         hvp = self._hvp_callable(edited)
         if solver == "cg":
             cap = self.max_iter if self.max_iter is not None else min(10 * rhs.size, 1000)
-            return cg_solve(hvp, rhs, damping=damping, rtol=self._default_rtol(), maxiter=cap)
+            preconditioner = None
+            if callable(getattr(self.model_, "hessian_diagonal", None)):
+                # Jacobi: O(nnz) once per solve, no d x d matrix (high-dimensional sparse X)
+                if "diagonal" not in cache:
+                    cache["diagonal"] = self.model_.hessian_diagonal(edited)
+                inverse = 1.0 / (cache["diagonal"] + damping)
+
+                def preconditioner(v: np.ndarray) -> np.ndarray:
+                    return inverse * v
+
+            return cg_solve(
+                hvp,
+                rhs,
+                damping=damping,
+                rtol=self._default_rtol(),
+                maxiter=cap,
+                preconditioner=preconditioner,
+            )
         # LiSSA on the mean Hessian H~ / n: H~^{-1} G = (H~ / n)^{-1} (G / n)
         n = len(edited)
         if self.lissa_scale == "auto":
