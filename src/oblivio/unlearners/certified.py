@@ -636,7 +636,7 @@ class CertifiedRemoval(Unlearner):
         cache = self._fresh_cache(X, np.asarray(X @ W0.T), mask, counts, range(K), None)
         noise = 0.0 if model.noise is None else np.asarray(model.noise).reshape(W0.shape)
         W = W0
-        for _ in range(_CHORD_STEPS):
+        for chord_steps in range(_CHORD_STEPS):  # noqa: B007 (counted into n_iter_)
             grad = np.asarray(X.T @ self._loss_slope(np.asarray(X @ W.T), S)).T
             grad += self._l2 * len(data) * W + noise
             if float(np.linalg.norm(grad)) <= model.tol:
@@ -649,6 +649,7 @@ class CertifiedRemoval(Unlearner):
             return W0, cache
         meta = {"shape": [K, W.shape[1]], "mode": model.mode(data.n_classes)}
         model.set_state({"theta": W.ravel(), "noise": model.noise, "__meta__": meta})
+        model.n_iter_ = int(getattr(coarse, "n_iter_", 0)) + chord_steps
         return W0, cache
 
     # -- cached state ----------------------------------------------------------------------
