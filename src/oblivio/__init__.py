@@ -8,13 +8,21 @@
 
 from oblivio import audit, datasets, models, unlearners
 from oblivio.data import Dataset, Relabel, Remove, Replace, ReplaceFeatures, RequestError, Split
-from oblivio.unlearners import Certificate, UnlearnResult
+from oblivio.unlearners import (
+    Certificate,
+    LoadError,
+    UnlearningError,
+    UnlearningWarning,
+    UnlearnResult,
+    load,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Certificate",
     "Dataset",
+    "LoadError",
     "Relabel",
     "Remove",
     "Replace",
@@ -22,8 +30,11 @@ __all__ = [
     "RequestError",
     "Split",
     "UnlearnResult",
+    "UnlearningError",
+    "UnlearningWarning",
     "audit",
     "datasets",
+    "load",
     "models",
     "unlearners",
 ]
