@@ -560,7 +560,10 @@ def _load_checked(cls: type[Unlearner], path: Path, model: Model | None) -> Unle
         unlearner = klass(template, **meta["options"])
         unlearner._check_loaded_params()
     except (TypeError, ValueError) as error:
-        raise LoadError(file, str(error), "options") from None
+        text = str(error)
+        names = sorted(meta["options"], key=len, reverse=True)
+        field = next((f"options.{k}" for k in names if text.startswith(f"{k} ")), "options")
+        raise LoadError(file, text, field) from None
     for key, value in arrays.items():
         _persist.check_array(arrays_file, key, value)
     unlearner.train_ = _persist.dataset_from(arrays_file, "train__", arrays, meta["train"])
