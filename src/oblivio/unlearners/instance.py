@@ -393,6 +393,14 @@ class _ForgetDriven(_NeuralUnlearner):
             reached = earlier.reached(predict_labels(self._module, earlier.X))
             diagnostics["earlier_at_goal"] = float(reached.float().mean())
             diagnostics["n_earlier"] = float(len(earlier))
+        # this method's own check: every forget record at its goal (base: on_failure)
+        self._judge(
+            diagnostics,
+            bool(done),
+            f"the update did not land: not every forget record reached its goal after "
+            f"{epochs} epochs ({'diverged' if diverged else 'stopped by max_epochs'}); raise "
+            "max_epochs or lr, or retrain.",
+        )
         return diagnostics
 
     def _begin(self, change: Change) -> None:
