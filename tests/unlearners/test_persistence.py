@@ -81,11 +81,14 @@ def test_a_save_killed_at_random_points_never_loses_the_model(tmp_path, marked_d
         read, write = os.pipe()
         child = os.fork()
         if child == 0:  # pragma: no cover - the child only saves until it is killed
-            os.close(read)
-            os.write(write, b"x")
-            while True:
-                forgotten.save(path)
-                full.save(path)
+            try:
+                os.close(read)
+                os.write(write, b"x")
+                while True:
+                    forgotten.save(path)
+                    full.save(path)
+            finally:
+                os._exit(1)  # never return into the test runner
         os.close(write)
         os.read(read, 1)  # the child runs
         os.close(read)
@@ -338,3 +341,34 @@ def test_torch_hyper_parameters_come_from_the_save(tmp_path, digits_split):
         ob.load(path, model=other)
     with pytest.raises(ob.LoadError, match="field 'model.class'"):
         ob.load(path)
+
+
+def test_loads_during_concurrent_saves_always_succeed(tmp_path, marked_data):
+    """A reader never sees a half save, and its clean-up never breaks the writer's save."""
+    full = Retrain(LogisticRegression(l2=1e-2)).fit(marked_data)
+    smaller = Retrain(LogisticRegression(l2=1e-2)).fit(marked_data)
+    smaller.forget(ob.Remove(ids=marked_data.ids[:5]))
+    path = full.save(tmp_path / "save")
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child only saves until it is killed
+        try:
+            os.close(read)
+            os.write(write, b"x")
+            while True:
+                smaller.save(path)
+                full.save(path)
+        finally:
+            os._exit(1)  # never return into the test runner
+    os.close(write)
+    os.read(read, 1)
+    os.close(read)
+    try:
+        sizes = {len(ob.load(path).train_) for _ in range(150)}
+        assert os.waitpid(child, os.WNOHANG) == (0, 0), "the saving process failed"
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+    assert sizes <= {len(full.train_), len(smaller.train_)}
+    ob.load(path)
+    assert _files(path) == sorted([META_FILE, _arrays_name(path)])

@@ -28,6 +28,8 @@ import secrets
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +51,41 @@ __all__ = [
     "write",
 ]
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks (see _lock)
+    fcntl = None
+
 META_FILE = "unlearner.json"
 _STAGING = ".oblivio-staging-"
+
+
+@contextmanager
+def _lock(folder: Path, *, wait: bool) -> Iterator[bool]:
+    """Advisory lock on ``folder`` (``flock`` on its descriptor) while the block runs.
+
+    Yields False when the lock is busy (``wait=False``) or the folder cannot be opened.
+    A save holds it while it writes, so that a concurrent load's clean-up never deletes the
+    arrays file a save is about to publish. Without ``fcntl`` (Windows) no lock is taken;
+    saving and loading one path from two processes at once is then unsupported.
+    """
+    if fcntl is None:  # pragma: no cover - platform dependent
+        yield True
+        return
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(handle)
 
 
 class LoadError(ValueError):
@@ -138,10 +173,14 @@ def dataset_from(file: Path, prefix: str, arrays: Any, meta: Any) -> Dataset:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
+        return _sha256_stream(handle)
+
+
+def _sha256_stream(handle: Any) -> str:
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -191,8 +230,9 @@ def cleanup(path: str | os.PathLike) -> None:
 
     Removed: staging folders ``.<name>.oblivio-staging-*`` beside ``path`` (and those of
     the format before, ``.<name>.*`` folders holding a save), arrays files inside ``path``
-    that its ``unlearner.json`` does not name, and temporary JSON files. Errors (a
-    read-only location) are ignored: cleaning is best effort, loading still works.
+    that its ``unlearner.json`` does not name, and temporary JSON files. Folders a running
+    save holds locked are left alone. Errors (a read-only location) are ignored: cleaning
+    is best effort, loading still works.
     """
     path = Path(path)
     try:
@@ -200,19 +240,26 @@ def cleanup(path: str | os.PathLike) -> None:
             staging = sibling.name.startswith(f".{path.name}{_STAGING}")
             old_format = (sibling / META_FILE).is_file() or (sibling / "old" / META_FILE).is_file()
             if sibling.is_dir() and not sibling.is_symlink() and (staging or old_format):
-                shutil.rmtree(sibling, ignore_errors=True)
-        if not (path / META_FILE).is_file():
-            return
-        keep = _referenced(path)
-        if keep is None:
-            return  # cannot tell which arrays file is current: delete nothing
-        for item in path.iterdir():
-            stale_arrays = item.name.startswith("arrays") and item.suffix == ".npz"
-            stale_meta = item.name.startswith(f".{META_FILE}.")
-            if item.is_file() and item.name != keep and (stale_arrays or stale_meta):
-                item.unlink(missing_ok=True)
+                with _lock(sibling, wait=False) as free:
+                    if free:
+                        shutil.rmtree(sibling, ignore_errors=True)
+        if (path / META_FILE).is_file():
+            with _lock(path, wait=False) as free:
+                if free:
+                    _clean_inside(path)
     except OSError:
         pass
+
+
+def _clean_inside(path: Path) -> None:
+    keep = _referenced(path)
+    if keep is None:
+        return  # cannot tell which arrays file is current: delete nothing
+    for item in path.iterdir():
+        stale_arrays = item.name.startswith("arrays") and item.suffix == ".npz"
+        stale_meta = item.name.startswith(f".{META_FILE}.")
+        if item.is_file() and item.name != keep and (stale_arrays or stale_meta):
+            item.unlink(missing_ok=True)
 
 
 def write(path: str | os.PathLike, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> Path:
@@ -230,37 +277,53 @@ def write(path: str | os.PathLike, meta: dict[str, Any], arrays: dict[str, np.nd
     if not path.is_dir():
         path.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}{_STAGING}", dir=path.parent))
-        try:
-            name, digest = _write_arrays(staging, arrays)
-            meta["arrays"] = {"file": name, "sha256": digest}
-            _write_meta(staging, meta)
-            os.replace(staging, path)  # fails, and changes nothing, if path appeared meanwhile
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        with _lock(staging, wait=True):
+            try:
+                name, digest = _write_arrays(staging, arrays)
+                meta["arrays"] = {"file": name, "sha256": digest}
+                _write_meta(staging, meta)
+                os.replace(staging, path)  # fails, changing nothing, if path appeared meanwhile
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
         fsync_folder(path.parent)
         return path
-    old = _referenced(path)
-    name, digest = _write_arrays(path, arrays)
-    meta["arrays"] = {"file": name, "sha256": digest}
-    try:
-        _write_meta(path, meta)
-    except BaseException:
-        (path / name).unlink(missing_ok=True)
-        raise
-    if old is not None and old != name:
-        (path / old).unlink(missing_ok=True)
-    cleanup(path)
+    with _lock(path, wait=True):
+        old = _referenced(path)
+        name, digest = _write_arrays(path, arrays)
+        meta["arrays"] = {"file": name, "sha256": digest}
+        try:
+            _write_meta(path, meta)
+        except BaseException:
+            (path / name).unlink(missing_ok=True)
+            raise
+        if old is not None and old != name:
+            (path / old).unlink(missing_ok=True)
+        _clean_inside(path)
     return path
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """The JSON and arrays of the save at ``path``; every failure is a :class:`LoadError`."""
     path = Path(path)
-    meta_path = path / META_FILE
     if not path.is_dir():
         raise LoadError(path, "no such folder (a save is a folder holding unlearner.json)")
     cleanup(path)
+    for attempt in range(3):  # a save may replace the files between our two reads: retry
+        try:
+            return _read_once(path)
+        except _ReplacedError:
+            if attempt == 2:
+                raise LoadError(path, "the save kept changing while it was read") from None
+    raise AssertionError("unreachable")
+
+
+class _ReplacedError(Exception):
+    """The arrays file named by the JSON vanished: a concurrent save replaced it."""
+
+
+def _read_once(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    meta_path = path / META_FILE
     try:
         meta = json.loads(meta_path.read_text())
     except FileNotFoundError:
@@ -286,16 +349,26 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.ndarray]
                 meta_path, f"expected {{'file': name, 'sha256': hex}}, got {spec!r}", "arrays"
             )
         arrays_path, expected = path / spec["file"], spec["sha256"]
-    if not arrays_path.is_file():
-        raise LoadError(arrays_path, "missing (the save is incomplete)")
-    if expected is not None and _sha256(arrays_path) != expected:
-        raise LoadError(
-            arrays_path,
-            f"content does not match the SHA-256 recorded in {META_FILE} (truncated or corrupted)",
-        )
     try:
-        with np.load(arrays_path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
-        raise LoadError(arrays_path, f"unreadable ({type(error).__name__}: {error})") from None
+        # one descriptor for hash and parse: a concurrent save's unlink cannot take it away
+        handle = open(arrays_path, "rb")  # noqa: SIM115 - closed by the with below
+    except FileNotFoundError:
+        if _referenced(path) != arrays_path.name:
+            raise _ReplacedError from None
+        raise LoadError(arrays_path, "missing (the save is incomplete)") from None
+    except OSError as error:
+        raise LoadError(arrays_path, f"unreadable ({error})") from None
+    with handle:
+        if expected is not None and _sha256_stream(handle) != expected:
+            raise LoadError(
+                arrays_path,
+                f"content does not match the SHA-256 recorded in {META_FILE} "
+                "(truncated or corrupted)",
+            )
+        handle.seek(0)
+        try:
+            with np.load(handle, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
+            raise LoadError(arrays_path, f"unreadable ({type(error).__name__}: {error})") from None
     return meta, arrays
