@@ -84,3 +84,13 @@ def test_benchmark_refuses_an_existing_out_file(tmp_path, capsys):
         module.main(["--out", str(target)])
     assert target.read_text() == "precious"
     assert "--force" in capsys.readouterr().err
+
+
+def test_a_results_folder_from_before_the_marker_is_recognised(tmp_path):
+    folder = tmp_path / "old"
+    folder.mkdir()
+    for name in ("results.jsonl", "config.json", "environment.json"):
+        (folder / name).write_text("{}")
+    (folder / "notes.txt").write_text("keep me")
+    prepare_output(folder)  # resumable: nothing removed
+    assert (folder / "results.jsonl").exists() and (folder / MARKER).is_file()

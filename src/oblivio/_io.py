@@ -108,7 +108,9 @@ def prepare_output(path: str | Path, *, force: bool = False, fresh: bool = False
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"output {os.fspath(path)!r} is a file, not a folder; choose a new name")
-    marked = (path / MARKER).is_file()
+    # results folders of oblivio before the marker existed hold these three files
+    legacy = all((path / name).is_file() for name in OWNED_FILES[:3])
+    marked = (path / MARKER).is_file() or legacy
     if path.is_dir() and not marked and any(path.iterdir()) and not force:
         raise OutputError(
             f"output folder {os.fspath(path)!r} is not empty and was not written by oblivio "
@@ -122,7 +124,7 @@ def prepare_output(path: str | Path, *, force: bool = False, fresh: bool = False
         for name in OWNED_FOLDERS:
             if (path / name).is_dir() and not (path / name).is_symlink():
                 shutil.rmtree(path / name)
-    if not marked:
+    if not (path / MARKER).is_file():
         write_text(path / MARKER, "This folder holds results written by oblivio.\n")
     return path
 

@@ -117,3 +117,24 @@ def test_on_failure_survives_save_and_load(cancer, tmp_path):
     loaded = ob.load(unlearner.attach(cancer).save(tmp_path / "s"))
     assert (loaded.steps, loaded.on_failure, loaded.land_ratio) == ("auto", "raise", 0.2)
     assert np.array_equal(loaded.train_.ids, cancer.ids)
+
+
+def test_finetune_says_when_a_feature_edit_did_not_land():
+    from oblivio.models import MLP, TorchModel
+
+    torch.set_num_threads(1)
+    split = ob.datasets.load("digits", normalize="standard")
+    train = split.train.take(np.arange(300))
+    net = TorchModel(MLP(64, hidden=(16,), n_classes=10), epochs=8, lr=1e-2, seed=0).fit(train)
+    unlearner = ob.unlearners.create("finetune", net, epochs=2).attach(train)
+    with pytest.warns(ob.UnlearningWarning, match="finetune: the update did not land"):
+        result = unlearner.forget(ob.ReplaceFeatures(features=list(range(64)), value=0.0))
+    assert result.diagnostics["landed"] == 0.0
+    assert result.diagnostics["feature_sensitivity_ratio"] > 0.9
+    # the verdict is right: the model still classifies the original images
+    assert ob.audit.accuracy(unlearner, split.test) > 0.8
+    # a removal has no feature check: no verdict, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        removal = unlearner.forget(ob.Remove(ids=unlearner.train_.ids[:3]))
+    assert "landed" not in removal.diagnostics
