@@ -35,19 +35,23 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 from oblivio._io import fsync_folder
 from oblivio.data import Dataset
+from oblivio.models.base import Model
 
 __all__ = [
     "LoadError",
     "META_FILE",
     "StateError",
     "check_array",
+    "check_model",
     "cleanup",
     "dataset_arrays",
     "dataset_from",
     "read",
+    "rebuild_model",
     "write",
 ]
 
@@ -372,3 +376,80 @@ def _read_once(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as error:
             raise LoadError(arrays_path, f"unreadable ({type(error).__name__}: {error})") from None
     return meta, arrays
+
+
+def rebuild_model(file: Path, spec: Any, model: Model | None) -> Model:
+    """The model template: rebuilt from the save, or ``model`` with the saved settings."""
+    if not (
+        isinstance(spec, dict)
+        and isinstance(spec.get("class"), str)
+        and isinstance(spec.get("params"), dict)
+    ):
+        raise LoadError(
+            file, f"expected {{'class': name, 'params': {{...}}}}, got {spec!r}", "model"
+        )
+    saved = {k: v for k, v in spec["params"].items() if k not in spec.get("unsaved", [])}
+    if model is None:
+        from oblivio import models
+
+        klass = getattr(models, spec["class"], None)
+        if spec["class"] != "LogisticRegression" or klass is None:
+            raise LoadError(
+                file,
+                f"cannot rebuild a {spec['class']} from its saved options; pass an untrained "
+                "instance of the same architecture as load(path, model=...)",
+                "model.class",
+            )
+        params = saved
+    else:
+        klass = type(model)
+        if spec["class"] != klass.__name__:
+            raise LoadError(
+                file,
+                f"the save holds a {spec['class']}, the model passed is a {klass.__name__}",
+                "model.class",
+            )
+        module = getattr(model, "module", None)
+        wanted = spec.get("module_class")
+        if wanted is not None and type(module).__name__ != wanted:
+            raise LoadError(
+                file,
+                f"the save holds a {wanted} network, the model passed wraps "
+                f"a {type(module).__name__}",
+                "model.module_class",
+            )
+        params = {**model.get_params(), **saved}
+    try:
+        rebuilt = klass(**params)
+        check = getattr(rebuilt, "_check_params", None)
+        if callable(check):
+            check()
+    except (TypeError, ValueError) as error:
+        raise LoadError(file, str(error), "model.params") from None
+    return rebuilt
+
+
+def check_model(where: Path, unlearner: Any) -> None:
+    """The restored model must be finite and predict the training data's classes."""
+    try:
+        theta = unlearner.model_.theta
+        finite = bool(torch.isfinite(theta).all())
+        rows = unlearner.train_.take(np.arange(min(len(unlearner.train_), 8)))
+        probabilities = np.asarray(unlearner.model_.predict_proba(rows.X))
+    except Exception as error:  # noqa: BLE001 - any failure means the state does not fit
+        raise LoadError(
+            where,
+            f"the model state does not fit the model and data ({type(error).__name__}: {error})",
+            "model",
+        ) from None
+    if not finite:
+        raise LoadError(where, "the parameters contain non-finite values", "model")
+    expected = (len(rows), unlearner.train_.n_classes)
+    if probabilities.shape != expected or not np.all(np.isfinite(probabilities)):
+        raise LoadError(
+            where,
+            f"the model predicts shape {probabilities.shape} (finite: "
+            f"{bool(np.all(np.isfinite(probabilities)))}) for {expected[0]} "
+            f"records of {expected[1]} classes",
+            "model",
+        )

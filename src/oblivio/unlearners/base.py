@@ -456,83 +456,6 @@ def _model_spec(model: Model) -> dict[str, Any]:
     return spec
 
 
-def _rebuild_model(file: Path, spec: Any, model: Model | None) -> Model:
-    """The model template: rebuilt from the save, or ``model`` with the saved settings."""
-    if not (
-        isinstance(spec, dict)
-        and isinstance(spec.get("class"), str)
-        and isinstance(spec.get("params"), dict)
-    ):
-        raise LoadError(
-            file, f"expected {{'class': name, 'params': {{...}}}}, got {spec!r}", "model"
-        )
-    saved = {k: v for k, v in spec["params"].items() if k not in spec.get("unsaved", [])}
-    if model is None:
-        from oblivio import models
-
-        klass = getattr(models, spec["class"], None)
-        if spec["class"] != "LogisticRegression" or klass is None:
-            raise LoadError(
-                file,
-                f"cannot rebuild a {spec['class']} from its saved options; pass an untrained "
-                "instance of the same architecture as load(path, model=...)",
-                "model.class",
-            )
-        params = saved
-    else:
-        klass = type(model)
-        if spec["class"] != klass.__name__:
-            raise LoadError(
-                file,
-                f"the save holds a {spec['class']}, the model passed is a {klass.__name__}",
-                "model.class",
-            )
-        module = getattr(model, "module", None)
-        wanted = spec.get("module_class")
-        if wanted is not None and type(module).__name__ != wanted:
-            raise LoadError(
-                file,
-                f"the save holds a {wanted} network, the model passed wraps "
-                f"a {type(module).__name__}",
-                "model.module_class",
-            )
-        params = {**model.get_params(), **saved}
-    try:
-        rebuilt = klass(**params)
-        check = getattr(rebuilt, "_check_params", None)
-        if callable(check):
-            check()
-    except (TypeError, ValueError) as error:
-        raise LoadError(file, str(error), "model.params") from None
-    return rebuilt
-
-
-def _check_model(where: Path, unlearner: Unlearner) -> None:
-    """The restored model must be finite and predict the training data's classes."""
-    try:
-        theta = unlearner.model_.theta
-        finite = bool(torch.isfinite(theta).all())
-        rows = unlearner.train_.take(np.arange(min(len(unlearner.train_), 8)))
-        probabilities = np.asarray(unlearner.model_.predict_proba(rows.X))
-    except Exception as error:  # noqa: BLE001 - any failure means the state does not fit
-        raise LoadError(
-            where,
-            f"the model state does not fit the model and data ({type(error).__name__}: {error})",
-            "model",
-        ) from None
-    if not finite:
-        raise LoadError(where, "the parameters contain non-finite values", "model")
-    expected = (len(rows), unlearner.train_.n_classes)
-    if probabilities.shape != expected or not np.all(np.isfinite(probabilities)):
-        raise LoadError(
-            where,
-            f"the model predicts shape {probabilities.shape} (finite: "
-            f"{bool(np.all(np.isfinite(probabilities)))}) for {expected[0]} "
-            f"records of {expected[1]} classes",
-            "model",
-        )
-
-
 def _load_checked(cls: type[Unlearner], path: Path, model: Model | None) -> Unlearner:
     meta, arrays = _persist.read(path)
     file = path / _persist.META_FILE
@@ -555,7 +478,7 @@ def _load_checked(cls: type[Unlearner], path: Path, model: Model | None) -> Unle
         raise LoadError(file, str(error), "unlearner") from None
     if cls is not Unlearner and not issubclass(klass, cls):
         raise LoadError(file, f"holds a {klass.__name__}, not a {cls.__name__}", "unlearner")
-    template = _rebuild_model(file, meta["model"], model)
+    template = _persist.rebuild_model(file, meta["model"], model)
     try:
         unlearner = klass(template, **meta["options"])
         unlearner._check_loaded_params()
@@ -578,7 +501,7 @@ def _load_checked(cls: type[Unlearner], path: Path, model: Model | None) -> Unle
             f"the saved state does not fit {unlearner.model_!r} ({type(error).__name__}: {error})",
             "model",
         ) from None
-    _check_model(arrays_file, unlearner)
+    _persist.check_model(arrays_file, unlearner)
     history = []
     for index, entry in enumerate(meta["history"]):
         try:
