@@ -372,3 +372,18 @@ def test_loads_during_concurrent_saves_always_succeed(tmp_path, marked_data):
     assert sizes <= {len(full.train_), len(smaller.train_)}
     ob.load(path)
     assert _files(path) == sorted([META_FILE, _arrays_name(path)])
+
+
+def test_saves_of_format_1_load_and_are_upgraded_in_place(tmp_path, binary_data):
+    u = Retrain(LogisticRegression(l2=1e-2)).fit(binary_data)
+    path = u.save(tmp_path / "old")
+    (path / _arrays_name(path)).rename(path / "arrays.npz")  # the layout of format 1
+
+    def downgrade(meta):
+        meta["format_version"] = 1
+        del meta["arrays"], meta["model"]["unsaved"]
+
+    _edit_meta(path, downgrade)
+    assert torch.equal(ob.load(path).model_.theta, u.model_.theta)
+    u.save(path)
+    assert _files(path) == sorted([META_FILE, _arrays_name(path)])

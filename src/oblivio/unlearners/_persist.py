@@ -388,7 +388,10 @@ def rebuild_model(file: Path, spec: Any, model: Model | None) -> Model:
         raise LoadError(
             file, f"expected {{'class': name, 'params': {{...}}}}, got {spec!r}", "model"
         )
-    saved = {k: v for k, v in spec["params"].items() if k not in spec.get("unsaved", [])}
+    unsaved = spec.get("unsaved")
+    if unsaved is None:  # format 1 wrote None for what JSON cannot hold (the module, a loss)
+        unsaved = [k for k, v in spec["params"].items() if v is None]
+    saved = {k: v for k, v in spec["params"].items() if k not in unsaved}
     if model is None:
         from oblivio import models
 
