@@ -50,6 +50,16 @@ class UnlearningError(RuntimeError):
 #: What a method does when its own check says the update did not land.
 ON_FAILURE = ("raise", "warn", "ignore")
 
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def warn_missed(message: str) -> None:
+    """Emit ``UnlearningWarning`` attributed to the first caller outside oblivio."""
+    frame, level = inspect.currentframe(), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UnlearningWarning, stacklevel=level)
+
 
 @dataclass(frozen=True)
 class Certificate:
@@ -354,7 +364,7 @@ class Unlearner(ABC):
         if policy == "raise":
             raise UnlearningError(f"{text} Nothing was changed (on_failure='raise').")
         if policy != "ignore":
-            warnings.warn(text, UnlearningWarning, stacklevel=4)
+            warn_missed(text)
 
     @abstractmethod
     def _forget(self, change: Change) -> Outcome:

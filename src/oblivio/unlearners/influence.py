@@ -63,7 +63,6 @@ turns it off.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import numpy as np
@@ -80,7 +79,7 @@ from oblivio.linalg.solvers import (
 )
 from oblivio.models.base import Model
 from oblivio.models.logistic import LogisticRegression
-from oblivio.unlearners.base import ON_FAILURE, Outcome, Unlearner, UnlearningWarning, register
+from oblivio.unlearners.base import ON_FAILURE, Outcome, Unlearner, register, warn_missed
 
 __all__ = ["FirstOrder", "SecondOrder"]
 
@@ -1097,11 +1096,7 @@ class SecondOrder(_Influence):
     def _solver_skipped(self, message: str) -> None:
         """A step the solver could not give is skipped; say so unless told to ignore it."""
         if self.on_failure == "warn":
-            warnings.warn(
-                f"second-order: no usable step, this update was skipped: {message}",
-                UnlearningWarning,
-                stacklevel=5,
-            )
+            warn_missed(f"second-order: no usable step, this update was skipped: {message}")
 
     def _failure_message(
         self,
