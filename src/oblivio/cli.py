@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
     demo.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="write into a non-empty folder oblivio did not create (only its own files change)",
     )
     demo.set_defaults(handler=_cmd_demo)
@@ -284,7 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--backend", choices=["loky", "dask"], default="loky")
     run.add_argument("--scheduler", help="dask scheduler address, e.g. tcp://host:8786")
     run.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="write into a non-empty folder oblivio did not create (only its own files change)",
     )
     run.set_defaults(handler=_cmd_run)
@@ -306,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(repeatable; see oblivio.bench.canary.CanarySettings)",
     )
     canary.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="write into a non-empty folder oblivio did not create (only its own files change)",
     )
     canary.set_defaults(handler=_cmd_canary)
@@ -324,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(repeatable; see oblivio.bench.poison.PoisonSettings)",
     )
     poison.add_argument(
-        "--force", action="store_true",
+        "--force",
+        action="store_true",
         help="write into a non-empty folder oblivio did not create (only its own files change)",
     )
     poison.set_defaults(handler=_cmd_poison_repair)

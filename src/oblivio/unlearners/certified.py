@@ -1358,8 +1358,12 @@ class CertifiedRemoval(Unlearner):
 
     def _check_history(self, used: float) -> None:
         certificates = [(i, r.certificate) for i, r in enumerate(self.history_) if r.certificate]
-        expected = {"epsilon": self.epsilon, "delta": self.delta, "sigma": self.sigma,
-                    "budget_total": self.budget_total}
+        expected = {
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "sigma": self.sigma,
+            "budget_total": self.budget_total,
+        }
         for index, certificate in certificates:
             for name, value in expected.items():
                 if not math.isclose(getattr(certificate, name), float(value), rel_tol=1e-9):
@@ -1369,10 +1373,13 @@ class CertifiedRemoval(Unlearner):
                     )
             for name in ("budget_used", "residual_bound"):
                 value = getattr(certificate, name)
-                if not (math.isfinite(value) and 0 <= value <= certificate.budget_total
-                        * (1 + 1e-12)):
-                    raise StateError(f"history[{index}].certificate.{name}",
-                                     f"{value!r} is not within [0, budget_total]")
+                if not (
+                    math.isfinite(value) and 0 <= value <= certificate.budget_total * (1 + 1e-12)
+                ):
+                    raise StateError(
+                        f"history[{index}].certificate.{name}",
+                        f"{value!r} is not within [0, budget_total]",
+                    )
         if certificates:
             index, last = certificates[-1]
             if not math.isclose(last.budget_used, used, rel_tol=1e-9, abs_tol=1e-12):
