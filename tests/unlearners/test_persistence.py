@@ -20,7 +20,7 @@ import torch
 
 import oblivio as ob
 from oblivio.models import MLP, LogisticRegression, TorchModel
-from oblivio.unlearners import SISA, CertifiedRemoval, Retrain
+from oblivio.unlearners import SISA, CertifiedRemoval, FirstOrder, Retrain
 from oblivio.unlearners._persist import META_FILE
 
 
@@ -387,3 +387,12 @@ def test_saves_of_format_1_load_and_are_upgraded_in_place(tmp_path, binary_data)
     assert torch.equal(ob.load(path).model_.theta, u.model_.theta)
     u.save(path)
     assert _files(path) == sorted([META_FILE, _arrays_name(path)])
+
+
+def test_a_tampered_curvature_estimate_is_refused(tmp_path, binary_data):
+    model = LogisticRegression(l2=1e-2).fit(binary_data)
+    path = FirstOrder(model).attach(binary_data).save(tmp_path / "fo")
+    assert ob.load(path).lambda_max_ > 0
+    _edit_meta(path, lambda meta: meta["state"].update(lambda_max=-3.0))
+    with pytest.raises(ob.LoadError, match="field 'state.lambda_max'"):
+        ob.load(path)

@@ -79,7 +79,14 @@ from oblivio.linalg.solvers import (
 )
 from oblivio.models.base import Model
 from oblivio.models.logistic import LogisticRegression
-from oblivio.unlearners.base import ON_FAILURE, Outcome, Unlearner, register, warn_missed
+from oblivio.unlearners.base import (
+    ON_FAILURE,
+    Outcome,
+    StateError,
+    Unlearner,
+    register,
+    warn_missed,
+)
 
 __all__ = ["FirstOrder", "SecondOrder"]
 
@@ -209,7 +216,12 @@ class _Influence(Unlearner):
         return {"lambda_max": getattr(self, "lambda_max_", None)}, {}
 
     def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        self.lambda_max_ = meta.get("lambda_max")
+        value = meta.get("lambda_max")
+        if value is not None and not (
+            isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+        ):
+            raise StateError("lambda_max", f"must be None or a positive number, got {value!r}")
+        self.lambda_max_ = value
 
     # -- model helpers -------------------------------------------------------------------
     def _theta(self) -> torch.Tensor:
