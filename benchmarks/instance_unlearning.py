@@ -47,7 +47,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import oblivio as ob
-from oblivio._io import write_json
+from oblivio._io import OutputError, claim_output_file, write_json
 from oblivio.audit import accuracy, mia_efficacy
 from oblivio.data import Dataset, Remove
 from oblivio.data.loaders import DataNotFoundError
@@ -245,7 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         help="3,000 train / 1,000 test images, 3 epochs, k in {8, 32}, 2 seeds",
     )
     parser.add_argument("--out", help="write the rows as JSON to this file")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
+    try:  # refuse before the work, not after it
+        claim_output_file(args.out, force=args.force) if args.out else None
+    except OutputError as error:
+        parser.error(str(error))
     if args.quick:
         args.n_train, args.n_test, args.epochs = 3_000, 1_000, 3
         args.k, args.seeds, args.retain_eval = [8, 32], 2, 1_000

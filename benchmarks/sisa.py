@@ -33,7 +33,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import oblivio as ob
-from oblivio._io import write_json
+from oblivio._io import OutputError, claim_output_file, write_json
 from oblivio.models import LogisticRegression
 from oblivio.unlearners import SISA, Retrain
 
@@ -214,7 +214,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=3, help="timings per request (min)")
     parser.add_argument("--out", help="write the rows as JSON to this file")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
+    try:  # refuse before the work, not after it
+        claim_output_file(args.out, force=args.force) if args.out else None
+    except OutputError as error:
+        parser.error(str(error))
     torch.set_num_threads(1)
     start = time.perf_counter()
     with threadpool_limits(limits=1):

@@ -46,7 +46,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 import oblivio as ob  # noqa: E402
-from oblivio._io import write_json  # noqa: E402
+from oblivio._io import OutputError, claim_output_file, write_json  # noqa: E402
 from oblivio.audit import collect_posteriors, run_unlearning_attack  # noqa: E402
 from oblivio.audit.command import build_model  # noqa: E402
 from oblivio.data import Dataset  # noqa: E402
@@ -220,7 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write all results as JSON")
+    parser.add_argument("--force", action="store_true", help="replace an existing --out file")
     args = parser.parse_args(argv)
+    try:  # refuse before the work, not after it
+        claim_output_file(args.out, force=args.force) if args.out else None
+    except OutputError as error:
+        parser.error(str(error))
     if args.reference_sizes:
         args.n_original = args.fashion_n_original = 10
         args.set_size = args.fashion_set_size = 2000

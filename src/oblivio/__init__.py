@@ -28,7 +28,14 @@ if TYPE_CHECKING:  # the names below, for type checkers and linters
         Split,
     )
     from oblivio.ledger import Ledger
-    from oblivio.unlearners import Certificate, UnlearnResult
+    from oblivio.unlearners import (
+        Certificate,
+        LoadError,
+        UnlearningError,
+        UnlearningWarning,
+        UnlearnResult,
+        load,
+    )
 
 _SUBMODULES = ("audit", "datasets", "models", "sklearn", "testing", "unlearners")
 _NAMES = {
@@ -41,6 +48,10 @@ _NAMES = {
     "Split": "oblivio.data",
     "Certificate": "oblivio.unlearners",
     "UnlearnResult": "oblivio.unlearners",
+    "LoadError": "oblivio.unlearners",
+    "UnlearningError": "oblivio.unlearners",
+    "UnlearningWarning": "oblivio.unlearners",
+    "load": "oblivio.unlearners",
     "Ledger": "oblivio.ledger",
 }
 
@@ -48,6 +59,7 @@ __all__ = [
     "Certificate",
     "Dataset",
     "Ledger",
+    "LoadError",
     "Relabel",
     "Remove",
     "Replace",
@@ -55,8 +67,11 @@ __all__ = [
     "RequestError",
     "Split",
     "UnlearnResult",
+    "UnlearningError",
+    "UnlearningWarning",
     "audit",
     "datasets",
+    "load",
     "models",
     "sklearn",
     "unlearners",

@@ -99,7 +99,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from oblivio.bench.report import write_report
 
     config = load_config(args.config)
-    out = Path(args.out or Path("results") / config.name)
+    args.out = args.out or Path("results") / config.name
+    out = _output_folder(args)
     console = _console()
     records = _progress_runner(
         console, config, out, n_jobs=args.n_jobs, backend=args.backend, scheduler=args.scheduler
@@ -120,8 +121,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _output_folder(args: argparse.Namespace, fresh: bool = False) -> Path:
+    """``args.out`` made ready for results; refuses a folder of someone else's files."""
+    from oblivio._io import prepare_output
+
+    return prepare_output(args.out, force=args.force, fresh=fresh)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import shutil
     from importlib import resources
 
     import torch
@@ -134,9 +141,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     console = _console()
     with resources.as_file(resources.files("oblivio.bench") / "configs" / "quick.toml") as path:
         config = load_config(path)
-    out = Path(args.out)
-    if out.exists():  # a demo always measures afresh
-        shutil.rmtree(out)
+    out = _output_folder(args, fresh=True)  # a demo measures afresh
     records = _progress_runner(console, config, out)
     _print_summary(console, records)
     _, page = write_report(out)
@@ -214,7 +219,7 @@ def _cmd_canary(args: argparse.Namespace) -> int:
         canary.run_canary,
         canary.format_table,
         canary.save_report,
-        args.out,
+        _output_folder(args),
         steps=canary.count_steps(settings),
     )
 
@@ -232,7 +237,7 @@ def _cmd_poison_repair(args: argparse.Namespace) -> int:
         poison.run_poison_repair,
         poison.format_table,
         poison.save_report,
-        args.out,
+        _output_folder(args),
         steps=poison.count_steps(settings),
     )
 
@@ -259,6 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="quick benchmark on bundled data: every method vs retraining (~3 min)"
     )
     demo.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
+    demo.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty folder oblivio did not create (only its own files change)",
+    )
     demo.set_defaults(handler=_cmd_demo)
 
     run = commands.add_parser("run", help="run an experiment configuration (TOML)")
@@ -267,6 +277,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n-jobs", type=int, default=1, help="cells in parallel (default 1)")
     run.add_argument("--backend", choices=["loky", "dask"], default="loky")
     run.add_argument("--scheduler", help="dask scheduler address, e.g. tcp://host:8786")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty folder oblivio did not create (only its own files change)",
+    )
     run.set_defaults(handler=_cmd_run)
 
     report = commands.add_parser("report", help="Markdown + HTML report of a results folder")
@@ -292,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a setting, e.g. --set first_order_taus=1e-3,3e-3 --set damping=3 "
         "(repeatable; see oblivio.bench.canary.CanarySettings)",
     )
+    canary.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty folder oblivio did not create (only its own files change)",
+    )
     canary.set_defaults(handler=_cmd_canary)
 
     poison = commands.add_parser(
@@ -308,6 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a setting, e.g. --set damping=3 --set methods=second-order,retrain "
         "(repeatable; see oblivio.bench.poison.PoisonSettings)",
+    )
+    poison.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty folder oblivio did not create (only its own files change)",
     )
     poison.set_defaults(handler=_cmd_poison_repair)
 

@@ -233,7 +233,8 @@ def test_sigma_certified_and_residual_sample(binary_data):
 def test_lissa_divergence_is_reported_not_silent(binary_data):
     model = LogisticRegression(l2=1e-3).fit(binary_data)
     ids = binary_data.ids[:8]
-    unlearner = SecondOrder(model, solver="lissa", lissa_scale=1e-3, max_iter=50)
+    options = {"solver": "lissa", "lissa_scale": 1e-3, "max_iter": 50}
+    unlearner = SecondOrder(model, on_failure="raise", **options)
     unlearner.attach(binary_data)
     with pytest.raises(SolverError, match="LiSSA diverged"):
         unlearner.forget(Remove(ids))
@@ -245,6 +246,10 @@ def test_lissa_divergence_is_reported_not_silent(binary_data):
     assert result.diagnostics["solver_failed"] == 1.0
     assert torch.equal(skip.model_.theta, model.theta)  # a diverged step is never applied
     assert len(skip.train_) == len(binary_data) - 8
+    warned = SecondOrder(model, **options).attach(binary_data)  # default: on_failure="warn"
+    with pytest.warns(ob.UnlearningWarning, match="LiSSA diverged"):
+        result = warned.forget(Remove(ids))
+    assert result.diagnostics["landed"] == 0.0 and len(warned.train_) == len(binary_data) - 8
 
 
 def test_invalid_options_are_rejected(binary_data):
@@ -252,7 +257,7 @@ def test_invalid_options_are_rejected(binary_data):
     bad = [
         (SecondOrder, {"solver": "newton"}, "solver"),
         (SecondOrder, {"damping": -1.0}, "damping"),
-        (SecondOrder, {"on_failure": "ignore"}, "on_failure"),
+        (SecondOrder, {"on_failure": "explode"}, "on_failure"),
         (SecondOrder, {"lissa_scale": "big"}, "lissa_scale"),
         (FirstOrder, {"tau": 0.0}, "tau"),
         (FirstOrder, {"steps": 0}, "steps"),
@@ -329,7 +334,7 @@ def test_cg_and_lissa_agree_with_cholesky_on_network(small_net):
     edited = request.resolve(train).result
     assert np.linalg.eigvalsh(model.hessian(edited).numpy())[0] < 0  # genuinely indefinite
     with pytest.raises(SolverError, match="not positive definite"):
-        SecondOrder(model, solver="cholesky").attach(train).forget(request)
+        SecondOrder(model, solver="cholesky", on_failure="raise").attach(train).forget(request)
     steps = {}
     for solver, options in [
         ("cholesky", {}),

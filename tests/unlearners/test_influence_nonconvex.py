@@ -124,7 +124,9 @@ def test_negative_curvature_raises_the_damping_instead_of_taking_the_step(task, 
     request = relabel(task, 20)
     edited = request.resolve(task).result
     assert np.linalg.eigvalsh(adam_net.hessian(edited).numpy())[0] < 0  # indefinite
-    strict = SecondOrder(adam_net, solver="cg", damping_increases=0).attach(task)
+    strict = SecondOrder(adam_net, solver="cg", on_failure="raise", damping_increases=0).attach(
+        task
+    )
     with pytest.raises(SolverError, match="negative curvature"):
         strict.forget(request)
     assert torch.equal(strict.model_.theta, adam_net.theta) and not strict.history_
@@ -158,7 +160,9 @@ def test_a_step_that_raises_the_objective_is_damped_or_refused(task, adam_net):
     result = checked.forget(request)
     assert result.diagnostics["objective_rejections"] == 1.0
     assert objective(checked.model_, edited) < start
-    refused = SecondOrder(adam_net, solver="cg", max_iter=200, damping_increases=3)
+    refused = SecondOrder(
+        adam_net, solver="cg", on_failure="raise", max_iter=200, damping_increases=3
+    )
     with pytest.raises(SolverError, match="increased the edited objective"):
         refused.attach(task).forget(request)
     assert torch.equal(refused.model_.theta, adam_net.theta)
@@ -221,7 +225,9 @@ def test_truncated_cg_step_is_applied_and_reported(task, head):
     exact = SecondOrder(head, solver="cg", rtol=1e-10).attach(task)
     exact.forget(request)
     assert gradient_residual(exact, edited) < gradient_residual(truncated, edited)
-    strict = SecondOrder(head, solver="cg", max_iter=3, rtol=1e-10, inexact="fail")
+    strict = SecondOrder(
+        head, solver="cg", on_failure="raise", max_iter=3, rtol=1e-10, inexact="fail"
+    )
     strict.attach(task)
     with pytest.raises(SolverError, match="inexact='fail'"):
         strict.forget(request)

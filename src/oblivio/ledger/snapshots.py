@@ -1,6 +1,6 @@
 """Content-addressed model store: each saved unlearner lives in a folder named by its hash.
 
-A snapshot is what :meth:`Unlearner.save` writes (``unlearner.json`` + ``arrays.npz``),
+A snapshot is what :meth:`Unlearner.save` writes (``unlearner.json`` + its arrays file),
 moved to ``<store>/<sha256>`` where the hash covers every file's name and bytes. Loading
 recomputes the hash, so a corrupted or edited snapshot is refused instead of served.
 Saving is crash safe: files are written and fsynced under a temporary name (``.tmp-*``)

@@ -5,12 +5,16 @@
 
 from oblivio.unlearners.base import (
     Certificate,
+    LoadError,
     Outcome,
     Unlearner,
+    UnlearningError,
+    UnlearningWarning,
     UnlearnResult,
     available,
     create,
     get,
+    load,
     register,
 )
 from oblivio.unlearners.certified import CertifiedRemoval
@@ -22,6 +26,7 @@ from oblivio.unlearners.sisa import SISA, CheckpointError, SISAEnsemble
 __all__ = [
     "Certificate",
     "CertifiedRemoval",
+    "LoadError",
     "FirstOrder",
     "FineTune",
     "GradientAscent",
@@ -35,8 +40,11 @@ __all__ = [
     "CheckpointError",
     "UnlearnResult",
     "Unlearner",
+    "UnlearningError",
+    "UnlearningWarning",
     "available",
     "create",
     "get",
+    "load",
     "register",
 ]

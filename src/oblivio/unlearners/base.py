@@ -4,34 +4,61 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import os
-import shutil
-import tempfile
 import time
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from oblivio.data import Change, Dataset, Remove, Request, RequestError
 from oblivio.models.base import Model, NotFittedError
+from oblivio.unlearners import _persist
+from oblivio.unlearners._persist import LoadError, StateError, dataset_arrays
 
 __all__ = [
     "Certificate",
+    "LoadError",
+    "ON_FAILURE",
     "Outcome",
     "UnlearnResult",
+    "UnlearningError",
+    "UnlearningWarning",
     "Unlearner",
     "available",
     "create",
     "register",
+    "StateError",
 ]
 
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+
+
+class UnlearningWarning(UserWarning):
+    """An approximate method did not land: its update left the model about as far from
+    what retraining gives as doing nothing would (``diagnostics["landed"] == 0``)."""
+
+
+class UnlearningError(RuntimeError):
+    """``on_failure="raise"`` and the method did not land; nothing was changed."""
+
+
+#: What a method does when its own check says the update did not land.
+ON_FAILURE = ("raise", "warn", "ignore")
+
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def warn_missed(message: str) -> None:
+    """Emit ``UnlearningWarning`` attributed to the first caller outside oblivio."""
+    frame, level = inspect.currentframe(), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UnlearningWarning, stacklevel=level)
 
 
 @dataclass(frozen=True)
@@ -159,62 +186,6 @@ def _jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise TypeError(f"cannot save value of type {type(value).__name__}: {value!r}")
-
-
-def _dataset_arrays(prefix: str, data: Dataset) -> dict[str, np.ndarray]:
-    arrays = {f"{prefix}y": np.asarray(data.y), f"{prefix}ids": np.asarray(data.ids)}
-    if sp.issparse(data.X):
-        arrays.update(
-            {
-                f"{prefix}X_data": data.X.data,
-                f"{prefix}X_indices": data.X.indices,
-                f"{prefix}X_indptr": data.X.indptr,
-                f"{prefix}X_shape": np.asarray(data.X.shape),
-            }
-        )
-    else:
-        arrays[f"{prefix}X"] = np.asarray(data.X)
-    return arrays
-
-
-def _dataset_from(prefix: str, arrays: Any, meta: dict[str, Any]) -> Dataset:
-    if f"{prefix}X" in arrays:
-        X = arrays[f"{prefix}X"]
-    else:
-        X = sp.csr_matrix(
-            (arrays[f"{prefix}X_data"], arrays[f"{prefix}X_indices"], arrays[f"{prefix}X_indptr"]),
-            shape=tuple(arrays[f"{prefix}X_shape"]),
-        )
-    return Dataset(
-        X=X,
-        y=arrays[f"{prefix}y"],
-        ids=arrays[f"{prefix}ids"],
-        feature_names=meta.get("feature_names"),
-        classes=meta.get("classes"),
-        name=meta.get("name", "data"),
-    )
-
-
-def write_atomically(path: Path, write: Any) -> None:
-    """Call ``write(tmpdir)`` then move the folder to ``path`` in one rename.
-
-    A crash leaves either the old folder or the new one, never a half-written folder.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        write(staging)
-        if path.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
-            os.replace(path, retired / "old")
-            os.replace(staging, path)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(staging, path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 class Unlearner(ABC):
@@ -408,6 +379,33 @@ class Unlearner(ABC):
     def _validate_change(self, change: Change) -> None:
         """Method-specific checks before anything changes (raise RequestError)."""
 
+    # -- did the update land? ----------------------------------------------------------
+    @staticmethod
+    def _check_on_failure(value: Any) -> None:
+        if value not in ON_FAILURE:
+            raise ValueError(
+                f"on_failure must be one of {', '.join(map(repr, ON_FAILURE))}, got {value!r}"
+            )
+
+    def _judge(self, diagnostics: dict[str, float], landed: bool, message: str) -> None:
+        """Record whether the update landed and act on ``self.on_failure`` when it did not.
+
+        Every approximate method calls this with its own check (e.g. its residual against
+        the residual of doing nothing). ``diagnostics["landed"]`` is 1 or 0 either way. On a
+        miss: ``"warn"`` (default) emits :class:`UnlearningWarning` with ``message``,
+        ``"raise"`` raises :class:`UnlearningError` (``forget`` then rolls everything back),
+        ``"ignore"`` only sets the diagnostic.
+        """
+        diagnostics["landed"] = float(landed)
+        if landed:
+            return
+        policy = getattr(self, "on_failure", "warn")
+        text = f"{self.name}: {message}"
+        if policy == "raise":
+            raise UnlearningError(f"{text} Nothing was changed (on_failure='raise').")
+        if policy != "ignore":
+            warn_missed(text)
+
     @abstractmethod
     def _forget(self, change: Change) -> Outcome:
         """Update ``self.model_`` for ``change``; ``self.train_`` is still the old set."""
@@ -432,10 +430,14 @@ class Unlearner(ABC):
         """Restore what :meth:`_state` returned."""
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Save to folder ``path`` (``unlearner.json`` + ``arrays.npz``), atomically.
+        """Save to folder ``path``: ``unlearner.json`` + one ``arrays-<token>.npz``.
 
         Formats are safe to load (no pickle): JSON for options and history, ``.npz`` for
-        parameters, model state and the current training set.
+        parameters, model state and the current training set. Only the current state is
+        written. The write is crash-proof: the path always holds one complete save (the
+        old one or the new one) and what a crash leaves beside it is removed by the next
+        save or load (see :mod:`oblivio.unlearners._persist`). A non-empty folder that is
+        not an oblivio save is refused, never replaced.
         """
         self._check_fitted()
         model_state = self.model_.get_state()
@@ -444,7 +446,7 @@ class Unlearner(ABC):
             "format_version": _FORMAT_VERSION,
             "unlearner": self.name,
             "options": _jsonable(self.get_params()),
-            "model": {"class": type(self.model).__name__, "params": _model_params(self.model)},
+            "model": _model_spec(self.model),
             "model_meta": _jsonable(model_state.pop("__meta__", {})),
             "train": {
                 "feature_names": list(self.train_.feature_names or []) or None,
@@ -459,53 +461,36 @@ class Unlearner(ABC):
             "history": [_jsonable(r.to_dict()) for r in self.history_],
             "state": _jsonable(meta_state),
         }
-        arrays = _dataset_arrays("train__", self.train_)
+        arrays = dataset_arrays("train__", self.train_)
         arrays.update({f"model__{k}": np.asarray(v) for k, v in model_state.items()})
         arrays.update({f"method__{k}": np.asarray(v) for k, v in method_arrays.items()})
-
-        def write(folder: Path) -> None:
-            with open(folder / "unlearner.json", "w") as handle:
-                json.dump(meta, handle, indent=2)
-            np.savez(folder / "arrays.npz", **arrays)
-
-        write_atomically(Path(path), write)
-        return Path(path)
+        return _persist.write(path, meta, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: Model | None = None) -> Unlearner:
-        """Load an unlearner saved by :meth:`save`.
+        """Load and check an unlearner saved by :meth:`save` (see :func:`oblivio.load`).
 
         ``model`` is needed for torch models (an untrained instance of the same
-        architecture); logistic regression is rebuilt from the saved hyper-parameters.
+        architecture); its hyper-parameters are replaced by the saved ones. Logistic
+        regression is rebuilt from the saved hyper-parameters.
+
+        Raises
+        ------
+        LoadError
+            Anything missing, corrupt or inconsistent; the message names file and field.
         """
-        path = Path(path)
-        with open(path / "unlearner.json") as handle:
-            meta = json.load(handle)
-        if meta.get("format_version") != _FORMAT_VERSION:
-            raise ValueError(f"unsupported format version {meta.get('format_version')!r}")
-        klass = get(meta["unlearner"])
-        if cls is not Unlearner and not issubclass(klass, cls):
-            raise ValueError(f"{path} holds a {klass.__name__}, not a {cls.__name__}")
-        if model is None:
-            model = _rebuild_model(meta["model"])
-        with np.load(path / "arrays.npz", allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-        unlearner = klass(model, **meta["options"])
-        unlearner.model_ = unlearner._blank_model()
-        model_state = {k[len("model__") :]: v for k, v in arrays.items() if k.startswith("model__")}
-        model_state["__meta__"] = meta.get("model_meta", {})
-        unlearner.model_.set_state(model_state)
-        unlearner.train_ = _dataset_from("train__", arrays, meta["train"])
-        unlearner.history_ = [UnlearnResult.from_dict(r) for r in meta["history"]]
-        unlearner._set_state(
-            meta["state"],
-            {k[len("method__") :]: v for k, v in arrays.items() if k.startswith("method__")},
-        )
-        return unlearner
+        return _load_checked(cls, Path(path), model)
+
+    # -- load checks (methods extend these) -------------------------------------------
+    def _check_loaded_params(self) -> None:
+        """Option checks of a loaded unlearner (the same as ``fit`` runs by default)."""
+        self._check_params()
 
 
-def _model_params(model: Model) -> dict[str, Any]:
-    params = {}
+def _model_spec(model: Model) -> dict[str, Any]:
+    """Class, JSON-able hyper-parameters and (for torch) the module's class of ``model``."""
+    params: dict[str, Any] = {}
+    unsaved: list[str] = []
     for key, value in model.get_params().items():
         if isinstance(value, (np.ndarray, torch.Tensor)):
             continue  # arrays (e.g. noise) travel in the model state
@@ -513,16 +498,90 @@ def _model_params(model: Model) -> dict[str, Any]:
             params[key] = _jsonable(value)
         except TypeError:
             params[key] = None
-    return params
+            unsaved.append(key)
+    spec: dict[str, Any] = {"class": type(model).__name__, "params": params, "unsaved": unsaved}
+    module = getattr(model, "module", None)
+    if isinstance(module, torch.nn.Module):
+        spec["module_class"] = type(module).__name__
+    return spec
 
 
-def _rebuild_model(spec: dict[str, Any]) -> Model:
-    from oblivio import models
+def _load_checked(cls: type[Unlearner], path: Path, model: Model | None) -> Unlearner:
+    meta, arrays = _persist.read(path)
+    file = path / _persist.META_FILE
+    spec = meta.get("arrays")
+    arrays_file = path / (spec["file"] if isinstance(spec, dict) else "arrays.npz")
+    for key, kind in (
+        ("unlearner", str),
+        ("options", dict),
+        ("model", dict),
+        ("train", dict),
+        ("history", list),
+        ("state", dict),
+        ("model_meta", dict),
+    ):
+        if not isinstance(meta.get(key), kind):
+            raise LoadError(file, f"expected a {kind.__name__}, got {meta.get(key)!r}", key)
+    try:
+        klass = get(meta["unlearner"])
+    except ValueError as error:
+        raise LoadError(file, str(error), "unlearner") from None
+    if cls is not Unlearner and not issubclass(klass, cls):
+        raise LoadError(file, f"holds a {klass.__name__}, not a {cls.__name__}", "unlearner")
+    template = _persist.rebuild_model(file, meta["model"], model)
+    try:
+        unlearner = klass(template, **meta["options"])
+        unlearner._check_loaded_params()
+    except (TypeError, ValueError) as error:
+        text = str(error)
+        names = sorted(meta["options"], key=len, reverse=True)
+        field = next((f"options.{k}" for k in names if text.startswith(f"{k} ")), "options")
+        raise LoadError(file, text, field) from None
+    for key, value in arrays.items():
+        _persist.check_array(arrays_file, key, value)
+    unlearner.train_ = _persist.dataset_from(arrays_file, "train__", arrays, meta["train"])
+    unlearner.model_ = unlearner._blank_model()
+    model_state = {k[len("model__") :]: v for k, v in arrays.items() if k.startswith("model__")}
+    model_state["__meta__"] = meta["model_meta"]
+    try:
+        unlearner.model_.set_state(model_state)
+    except Exception as error:  # noqa: BLE001 - torch/numpy raise many kinds here
+        raise LoadError(
+            arrays_file,
+            f"the saved state does not fit {unlearner.model_!r} ({type(error).__name__}: {error})",
+            "model",
+        ) from None
+    _persist.check_model(arrays_file, unlearner)
+    history = []
+    for index, entry in enumerate(meta["history"]):
+        try:
+            result = UnlearnResult.from_dict(entry)
+        except (TypeError, ValueError, AttributeError) as error:
+            raise LoadError(file, str(error), f"history[{index}]") from None
+        history.append(result)
+    unlearner.history_ = history
+    method_arrays = {k[len("method__") :]: v for k, v in arrays.items() if k.startswith("method__")}
+    try:
+        unlearner._set_state(meta["state"], method_arrays)
+    except StateError as error:
+        raise LoadError(file, str(error), f"state.{error.field}") from None
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        raise LoadError(file, f"{type(error).__name__}: {error}", "state") from None
+    return unlearner
 
-    klass = getattr(models, spec["class"], None)
-    if spec["class"] != "LogisticRegression" or klass is None:
-        raise ValueError(
-            f"cannot rebuild a {spec['class']} from its saved options; pass an untrained "
-            "instance of the same architecture as load(path, model=...)"
-        )
-    return klass(**spec["params"])
+
+def load(path: str | os.PathLike, model: Model | None = None) -> Unlearner:
+    """Load an unlearner saved with ``save``, checking everything before returning it.
+
+    Checked: the files are complete and uncorrupted (SHA-256), options pass the checks
+    ``fit`` runs, arrays are finite with the right shapes and dtypes, ids are unique, the
+    model fits the data, and each method's state is consistent (certified removal re-derives
+    its spent budget and row norms; SISA its layout). Torch models need ``model``, an
+    untrained instance of the saved architecture; the saved hyper-parameters replace its own.
+
+    Raises
+    ------
+    LoadError
+        The message names the file and the field at fault. Nothing is returned.
+    """
+    return Unlearner.load(path, model)

@@ -159,7 +159,7 @@ from oblivio.linalg.spectral import spectral_norm_bound
 from oblivio.models.base import Model
 from oblivio.models.logistic import LogisticRegression
 from oblivio.unlearners._passes import BLOCK, fused_pass, thread_pool
-from oblivio.unlearners.base import Certificate, Outcome, Unlearner, register
+from oblivio.unlearners.base import Certificate, Outcome, StateError, Unlearner, register
 
 __all__ = ["CertifiedRemoval", "budget", "noise_constant"]
 
@@ -708,6 +708,7 @@ class CertifiedRemoval(Unlearner):
         self._refreshes = 0
         residual, allowance = self._residual(X, self._Z, mask, W, self._counts)
         self._initial_residual = residual + allowance
+        self._measured = (residual, allowance)  # load() checks the spent budget against it
 
     @staticmethod
     def _signs(y: np.ndarray, K: int) -> np.ndarray:
@@ -1591,9 +1592,83 @@ class CertifiedRemoval(Unlearner):
         return meta, arrays
 
     def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        """Restore and re-derive: nothing the certificate rests on is taken on trust.
+
+        Rows must still have norm <= 1; the spent budget must be a finite number >= the
+        residual bound measured now on the saved model and data (it only ever grows) and
+        within the total; saved spectral bounds may only loosen the rebuilt ones (max).
+        The last certificate in the history must match the options and the spent budget.
+        """
+        try:
+            self._check_data(self.train_, self.model_)
+        except ValueError as error:
+            raise StateError("train", str(error)) from None
         self._rng = np.random.default_rng(self.seed)
-        self._rng.bit_generator.state = meta["rng"]
-        self._build(self.train_, arrays.get("member"))
-        self._xnorm = np.maximum(self._xnorm, np.asarray(meta["xnorm"], dtype=np.float64))
+        try:
+            self._rng.bit_generator.state = meta["rng"]
+        except (KeyError, TypeError, ValueError) as error:
+            raise StateError("rng", f"not a generator state ({error})") from None
+        member = arrays.get("member")
+        if self.subsample is not None and (
+            member is None or member.dtype != bool or member.shape[0] != len(self.train_)
+        ):
+            raise StateError("member", "subsampling masks missing or of the wrong shape")
+        self._build(self.train_, member)
+        if len(np.atleast_1d(meta.get("xnorm", []))) != self._K:
+            raise StateError("xnorm", f"expected {self._K} values, got {meta.get('xnorm')!r}")
+        for field in ("budget_used", "row_norm"):
+            value = meta.get(field)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise StateError(field, f"must be a finite number >= 0, got {value!r}")
+        xnorm = np.asarray(meta["xnorm"], dtype=np.float64)
+        if not np.all(np.isfinite(xnorm)) or np.any(xnorm < 0):
+            raise StateError("xnorm", f"must be finite numbers >= 0, got {meta['xnorm']!r}")
+        used = float(meta["budget_used"])
+        residual, allowance = self._measured
+        if residual > used + allowance:  # the same test as verify=True after each request
+            raise StateError(
+                "budget_used",
+                f"{used:.6g} is below the gradient residual {residual:.6g} measured on the "
+                "saved model: the spent budget cannot have been this small",
+            )
+        if self.sigma > 0 and used > self.budget_total * (1 + 1e-12):
+            raise StateError(
+                "budget_used",
+                f"{used:.6g} exceeds the budget {self.budget_total:.6g}: no valid certificate",
+            )
+        self._xnorm = np.maximum(self._xnorm, xnorm)
         self._R = max(self._R, float(meta["row_norm"]))
-        self.budget_used_ = max(float(meta["budget_used"]), self._initial_residual)
+        self._check_history(used)
+        self.budget_used_ = max(used, self._initial_residual)
+
+    def _check_history(self, used: float) -> None:
+        certificates = [(i, r.certificate) for i, r in enumerate(self.history_) if r.certificate]
+        expected = {
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "sigma": self.sigma,
+            "budget_total": self.budget_total,
+        }
+        for index, certificate in certificates:
+            for name, value in expected.items():
+                if not math.isclose(getattr(certificate, name), float(value), rel_tol=1e-9):
+                    raise StateError(
+                        f"history[{index}].certificate.{name}",
+                        f"{getattr(certificate, name)!r} does not match the options ({value!r})",
+                    )
+            for name in ("budget_used", "residual_bound"):
+                value = getattr(certificate, name)
+                if not (
+                    math.isfinite(value) and 0 <= value <= certificate.budget_total * (1 + 1e-12)
+                ):
+                    raise StateError(
+                        f"history[{index}].certificate.{name}",
+                        f"{value!r} is not within [0, budget_total]",
+                    )
+        if certificates:
+            index, last = certificates[-1]
+            if not math.isclose(last.budget_used, used, rel_tol=1e-9, abs_tol=1e-12):
+                raise StateError(
+                    f"history[{index}].certificate.budget_used",
+                    f"{last.budget_used!r} differs from the spent budget {used!r}",
+                )

@@ -43,6 +43,21 @@ such event is counted in the diagnostics. Restricting ``theta`` to the last laye
 (``TorchModel(params=[...])``) makes the problem convex in ``theta`` and is what the
 reference does for its CNN. ``schedule="misclassified"`` implements the reference's
 iterative label-repair loop (§6.3).
+
+**Did the update land?** Both methods judge their own result against doing nothing. With
+``g(theta)`` the objective gradient on ``D~`` (on the residual sample when ``D~`` is
+larger than ``residual_records``) and ``G`` of (*) at the original ``theta_0``, the part of
+the residual that the edit caused is ``g(theta) - g0`` with ``g0 = g(theta_0) - G`` (the
+gradient ``theta_0`` already left on ``D``: zero at an optimum, not for a network stopped
+early). Doing nothing leaves ``||G||``; the update leaves
+
+    residual_ratio = ||g(theta_new) - g0|| / ||G||,
+
+which for a convex model at its optimum is the plain ``||grad L(theta_new; D~)|| /
+||grad L(theta_0; D~)||``. The update landed when ``residual_ratio <= land_ratio``
+(diagnostic ``landed``); otherwise ``on_failure`` decides (warn by default). The check costs
+one more gradient pass over ``D~`` (or its sample) at ``theta_0``; ``residual_records=0``
+turns it off.
 """
 
 from __future__ import annotations
@@ -64,11 +79,20 @@ from oblivio.linalg.solvers import (
 )
 from oblivio.models.base import Model
 from oblivio.models.logistic import LogisticRegression
-from oblivio.unlearners.base import Outcome, Unlearner, register
+from oblivio.unlearners.base import (
+    ON_FAILURE,
+    Outcome,
+    StateError,
+    Unlearner,
+    register,
+    warn_missed,
+)
 
 __all__ = ["FirstOrder", "SecondOrder"]
 
 _DENSE_LIMIT = 3000  # parameters up to which solver="auto" forms the dense Hessian
+_AUTO_TARGET = 0.1  # steps="auto": stop once the residual ratio is at most this
+_AUTO_MAX_STEPS = 8  # steps="auto": Newton steps at most (training polishes with more)
 
 
 def _noise_constant(delta: float) -> float:
@@ -90,9 +114,31 @@ class _Influence(Unlearner):
     _SCHEDULES = ("chunks", "misclassified")
 
     # -- set-up ------------------------------------------------------------------------
+    _AUTO_STEPS = False  # whether steps="auto" is offered
+
     def _check_common(self) -> None:
-        if not (isinstance(self.steps, (int, np.integer)) and self.steps >= 1):
-            raise ValueError(f"steps must be a positive integer, got {self.steps!r}")
+        auto = self._AUTO_STEPS and self.steps == "auto"
+        if auto and self.schedule != "chunks":
+            raise ValueError("steps='auto' repeats Newton steps on D~; it needs schedule='chunks'")
+        if not auto and not (
+            isinstance(self.steps, (int, np.integer))
+            and not isinstance(self.steps, bool)
+            and self.steps >= 1
+        ):
+            hint = " or 'auto'" if self._AUTO_STEPS else ""
+            raise ValueError(f"steps must be a positive integer{hint}, got {self.steps!r}")
+        allowed = ON_FAILURE + (("skip",) if self._AUTO_STEPS else ())
+        if self.on_failure not in allowed:
+            raise ValueError(
+                f"on_failure must be one of {', '.join(map(repr, allowed))}, "
+                f"got {self.on_failure!r}"
+            )
+        if not (
+            isinstance(self.land_ratio, (int, float))
+            and not isinstance(self.land_ratio, bool)
+            and 0 < self.land_ratio <= 1
+        ):
+            raise ValueError(f"land_ratio must be in (0, 1], got {self.land_ratio!r}")
         if (self.epsilon is None) != (self.delta is None):
             raise ValueError(
                 "epsilon and delta go together (the sigma needed for (epsilon, delta)-"
@@ -127,7 +173,7 @@ class _Influence(Unlearner):
                 raise ValueError(f"{option} must be None or a positive integer, got {value!r}")
 
     def _validate_change(self, change: Change) -> None:
-        if self.schedule == "misclassified" and change.is_removal and self.steps > 1:
+        if self.schedule == "misclassified" and change.is_removal and int(self.steps) > 1:
             raise RequestError(
                 "schedule='misclassified' refines the predictions on the replacement records; "
                 "a removal has none (use schedule='chunks')"
@@ -170,7 +216,12 @@ class _Influence(Unlearner):
         return {"lambda_max": getattr(self, "lambda_max_", None)}, {}
 
     def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        self.lambda_max_ = meta.get("lambda_max")
+        value = meta.get("lambda_max")
+        if value is not None and not (
+            isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+        ):
+            raise StateError("lambda_max", f"must be None or a positive number, got {value!r}")
+        self.lambda_max_ = value
 
     # -- model helpers -------------------------------------------------------------------
     def _theta(self) -> torch.Tensor:
@@ -211,21 +262,34 @@ class _Influence(Unlearner):
             G = G + float(self.model_.l2) * size_change * theta
         return G
 
-    def _objective_gradient(self, data: Dataset, records: int | None = None) -> torch.Tensor:
+    def _residual_positions(self, n: int) -> np.ndarray | None:
+        """The residual sample of this request (None: all ``n`` records)."""
+        records = int(self.residual_records)
+        if records == 0 or n <= records:
+            return None
+        rng = np.random.default_rng(
+            None if self.seed is None else self.seed + len(getattr(self, "history_", []))
+        )
+        return np.sort(rng.choice(n, size=records, replace=False))
+
+    def _objective_gradient(
+        self, data: Dataset, records: int | None = None, positions: np.ndarray | None = None
+    ) -> torch.Tensor:
         """``grad L(theta; data)`` (sum loss + ``l2 n theta`` + ``b``), or a sample estimate.
 
-        With ``records < len(data)`` the sum part is estimated from a uniform sample of that
-        many records, scaled by ``n / records``.
+        With ``records < len(data)`` (or given ``positions``) the sum part is estimated from
+        a uniform sample of that many records, scaled by ``n / records``.
         """
         model = self.model_
         theta = self._theta()
         n = len(data)
-        if records is not None and records < n:
+        if positions is None and records is not None and records < n:
             rng = np.random.default_rng(
                 None if self.seed is None else self.seed + len(getattr(self, "history_", []))
             )
             positions = np.sort(rng.choice(n, size=records, replace=False))
-            gradient = (n / records) * model.grad(data.take(positions)).detach()
+        if positions is not None:
+            gradient = (n / len(positions)) * model.grad(data.take(positions)).detach()
         else:
             gradient = model.grad(data).detach()
         gradient = gradient + float(model.l2) * n * theta
@@ -243,7 +307,7 @@ class _Influence(Unlearner):
         and likewise makes each step a smaller perturbation.
         """
         m = len(change)
-        k = int(min(self.steps, m))
+        k = int(min(1 if self.steps == "auto" else self.steps, m))
         if k <= 1:
             return [(change.before, change.after, change.result)]
         chunks = []
@@ -294,6 +358,13 @@ class _Influence(Unlearner):
     def _forget(self, change: Change) -> Outcome:
         diagnostics: dict[str, float] = {}
         start = self._theta()
+        auto = self.steps == "auto"
+        judge = int(self.residual_records) > 0 or auto
+        # steps="auto" steps on the whole of D~, so it judges on the whole of it too
+        positions = None if auto or not judge else self._residual_positions(len(change.result))
+        if judge:  # g(theta_0) on D~ and the edit's own gradient G, both at theta_0
+            G_edit = self._gradient_difference(change.before, change.after)
+            g0 = self._objective_gradient(change.result, positions=positions) - G_edit
         request_G = torch.zeros_like(start)  # G of the request itself (all chunks summed)
         applied = skipped = 0
         for index, (before, after, edited) in enumerate(self._plan(change)):
@@ -314,12 +385,100 @@ class _Influence(Unlearner):
                 continue
             self.model_.theta = self._theta() - self._to_theta(step)
             applied += 1
+        if auto:
+            applied += self._more_newton_steps(change.result, start, g0, _norm(G_edit), diagnostics)
         diagnostics["grad_diff_norm"] = _norm(request_G)
         diagnostics["steps"] = float(applied)
         diagnostics["steps_skipped"] = float(skipped)
         diagnostics["update_norm"] = _norm(self._theta() - start)
         self._residual_diagnostics(change.result, diagnostics)
+        if judge:
+            self._judge_landing(change.result, positions, g0, _norm(G_edit), diagnostics)
         return Outcome(diagnostics=diagnostics)
+
+    def _ratio(self, edited: Dataset, positions: Any, g0: torch.Tensor, size: float) -> float:
+        """``||g(theta) - g0|| / ||G||`` at the current ``theta`` (module docstring)."""
+        return _norm(self._objective_gradient(edited, positions=positions) - g0) / size
+
+    def _judge_landing(
+        self, edited: Dataset, positions: Any, g0: torch.Tensor, size: float, diagnostics: dict
+    ) -> None:
+        if size == 0.0:  # the edit does not move the optimum: nothing to land
+            self._judge(diagnostics, True, "")
+            return
+        ratio = self._ratio(edited, positions, g0, size)
+        diagnostics["residual_ratio"] = ratio
+        hint = (
+            " Try steps='auto' (repeated Newton steps), more damping_increases, or retrain."
+            if self._AUTO_STEPS
+            else " Try second-order, a tuned tau, more steps, or retrain."
+        )
+        self._judge(
+            diagnostics,
+            ratio <= float(self.land_ratio),
+            f"the update did not land: it leaves {ratio:.3g}x the gradient residual of doing "
+            f"nothing on the edited data (land_ratio={self.land_ratio:g}); the model is not "
+            f"close to what retraining gives.{hint}",
+        )
+
+    def _more_newton_steps(
+        self,
+        edited: Dataset,
+        start: torch.Tensor,
+        g0: torch.Tensor,
+        size: float,
+        diagnostics: dict,
+    ) -> int:
+        """``steps="auto"``: damped Newton steps on ``D~`` until the ratio is <= 0.1.
+
+        Newton's method on the merit ``M(theta) = L(theta; D~) - g0 . theta``, whose
+        gradient ``g(theta) - g0`` is the residual the edit caused (module docstring; for a
+        convex model at its optimum ``g0 = 0`` and ``M`` is the edited objective). Each step
+        solves ``(H~ + mu I) t = g(theta) - g0`` like the first one and backtracks
+        (``theta - a t``, ``a = 1, 1/2, ...``, 10 halvings at most) until ``M`` decreases:
+        the globally convergent damped Newton method (Boyd & Vandenberghe, *Convex
+        Optimization*, §9.5). If the first (plain influence) step left more residual than
+        doing nothing, the steps restart from ``theta_0``. Stops at ratio ``<= 0.1``, when
+        two steps in a row do not improve the best ratio by 10% (damped steps far from the
+        optimum may raise the gradient while lowering ``M``), when backtracking finds no
+        decrease, when the solver gives no usable step, or after 8 steps in all. Returns the
+        extra steps taken.
+        """
+        if size == 0.0:
+            diagnostics["newton_steps"] = 1.0
+            return 0
+        ratio = self._ratio(edited, None, g0, size)
+        if ratio > 1.0:  # the plain step overshot: doing nothing is the better start
+            self.model_.theta = start
+            ratio = 1.0
+            diagnostics["newton_restarts"] = 1.0
+        g0_np = g0.detach()
+
+        def merit(theta: torch.Tensor) -> float:
+            return float(self.model_.objective(edited, theta)) - float(torch.dot(g0_np, theta))
+
+        taken = stale = 0
+        best = ratio
+        while ratio > _AUTO_TARGET and taken + 1 < _AUTO_MAX_STEPS and stale < 2:
+            theta = self._theta()
+            step = self._direction(self._objective_gradient(edited) - g0, edited, diagnostics)
+            if step is None:
+                break
+            step = self._to_theta(step)
+            before, scale = merit(theta), 1.0
+            for _ in range(10):
+                if merit(theta - scale * step) < before:
+                    break
+                scale *= 0.5
+            else:
+                break  # no decrease along the Newton direction: stalled
+            self.model_.theta = theta - scale * step
+            taken += 1
+            ratio = self._ratio(edited, None, g0, size)
+            stale = 0 if ratio < 0.9 * best else stale + 1
+            best = min(best, ratio)
+        diagnostics["newton_steps"] = float(1 + taken)
+        return taken
 
     def _residual_diagnostics(self, edited: Dataset, diagnostics: dict[str, float]) -> None:
         """``gradient_residual`` on ``D~`` (or an estimate on a sample) and ``sigma_certified``.
@@ -413,7 +572,20 @@ class FirstOrder(_Influence):
     residual_records : int
         The gradient residual ``||grad L(theta_new; D~)||`` is computed on the whole edited
         set when it has at most this many records, else estimated on a uniform sample of this
-        size (reported as ``gradient_residual_estimate``); 0 skips it.
+        size (reported as ``gradient_residual_estimate``); 0 skips it, and with it the
+        landing check.
+    land_ratio : float
+        The update *landed* when it leaves at most this fraction of the residual doing
+        nothing leaves (``residual_ratio``, module docstring); reported as ``landed``.
+        First order promises only a descent step (``tau <= 1 / lambda_max`` never raises a
+        convex residual), so the default asks for a 10% reduction; on digits it removes
+        about 25% for 10 removed records and 0.01% for zeroing all 64 columns (where test
+        accuracy stays 0.91 and retraining gives 0.10). Second order defaults to 0.1.
+    on_failure : {"warn", "raise", "ignore"}
+        When the update did not land: ``"warn"`` emits
+        :class:`~oblivio.unlearners.UnlearningWarning`; ``"raise"`` raises
+        :class:`~oblivio.unlearners.UnlearningError` and nothing changes; ``"ignore"``
+        only sets the diagnostics.
     seed : int or None
         Seed of the Lanczos start vector and of the residual sample.
 
@@ -422,7 +594,8 @@ class FirstOrder(_Influence):
     Diagnostics: ``grad_diff_norm`` (norm of the request's gradient difference, summed over
     the chunks), ``tau``, ``steps`` (updates applied), ``steps_skipped``,
     ``gradient_records`` (per-record gradients evaluated), ``gradient_residual`` or
-    ``gradient_residual_estimate``, ``sigma_certified``.
+    ``gradient_residual_estimate``, ``sigma_certified``, ``residual_ratio`` and ``landed``
+    (module docstring).
     """
 
     name = "first-order"
@@ -440,9 +613,13 @@ class FirstOrder(_Influence):
         epsilon: float | None = None,
         delta: float | None = None,
         residual_records: int = 20_000,
+        land_ratio: float = 0.9,
+        on_failure: str = "warn",
         seed: int | None = 0,
     ) -> None:
         super().__init__(model)
+        self.land_ratio = land_ratio
+        self.on_failure = on_failure
         self.tau = tau
         self.steps = steps
         self.schedule = schedule
@@ -531,9 +708,17 @@ class SecondOrder(_Influence):
         :func:`oblivio.linalg.smallest_eigenvalue`). For LiSSA this is the reference's
         ``d = mu / (n s)`` (its effective damping ``d s`` applies to the mean Hessian
         ``H~ / n``).
-    steps, schedule, step_records
+    steps : int or "auto"
         As in :class:`FirstOrder`; ``H~`` is recomputed at every step (on the partially
-        edited set for ``"chunks"``, on ``D~`` for ``"misclassified"``).
+        edited set for ``"chunks"``, on ``D~`` for ``"misclassified"``). ``"auto"``: one
+        step, then further Newton steps on the edited objective while the residual ratio
+        exceeds 0.1 and keeps improving, 8 steps at most (a training
+        run polishes with as many Newton steps after L-BFGS; on a large feature edit of
+        breast-cancer, 1 step left 0.23x the residual of doing nothing, 3 steps 0.07x).
+        Damped (backtracking) steps; see ``_more_newton_steps``. Diagnostic
+        ``newton_steps``.
+    schedule, step_records
+        As in :class:`FirstOrder`.
     rtol : float or None
         CG tolerance on ``||(H~ + mu I) t - G|| / ||G||``; ``None``: 1e-8 for float64
         parameters, 1e-4 for float32 (the precision of float32 Hessian-vector products).
@@ -571,14 +756,21 @@ class SecondOrder(_Influence):
         LiSSA's ``B``, ``R`` and ``P`` (reference §4.3).
     curvature_records : int or None
         Sample size for ``lissa_scale="auto"`` (None: all training records).
-    on_failure : {"raise", "skip"}
-        What to do when the solver gives no usable step (Cholesky on an indefinite or
-        ill-conditioned matrix; LiSSA diverging; any result that is non-finite or does not
-        decrease ``q``; a non-converged solve under ``inexact="fail"``). ``"raise"``:
-        :class:`~oblivio.linalg.SolverError`, nothing changes. ``"skip"``: the update is not
-        applied (never apply a diverged LiSSA step, reference §4.3), the training set is
-        still edited, and ``diagnostics`` say so (``solver_failed``, ``steps_skipped``,
-        ``lissa_diverged``).
+    on_failure : {"warn", "raise", "ignore", "skip"}
+        What to do when the update did not land (as in :class:`FirstOrder`) and when the
+        solver gives no usable step (Cholesky on an indefinite or ill-conditioned matrix;
+        LiSSA diverging; any result that is non-finite or does not decrease ``q``; a
+        non-converged solve under ``inexact="fail"``). ``"raise"``: the error
+        (:class:`~oblivio.linalg.SolverError` or ``UnlearningError``), nothing changes.
+        Otherwise an unusable step is not applied (never apply a diverged LiSSA step,
+        reference §4.3), the training set is still edited, ``diagnostics`` say so
+        (``solver_failed``, ``steps_skipped``, ``lissa_diverged``, ``landed``) and
+        ``"warn"`` (default) also emits ``UnlearningWarning``. ``"skip"`` is the former
+        name of ``"ignore"``.
+    land_ratio : float
+        As in :class:`FirstOrder`, default 0.1: a Newton step promises a residual second
+        order in ``||G||``; more left means the quadratic model did not hold (the target of
+        ``steps="auto"``).
     epsilon, delta, residual_records, seed
         As in :class:`FirstOrder` (``seed`` also drives LiSSA's batch order).
 
@@ -597,11 +789,13 @@ class SecondOrder(_Influence):
     ``lissa_diverged`` (LiSSA), ``condition`` (Cholesky), ``damping`` (the largest damping
     used), ``solver_failed``,
     ``gradient_records``, ``gradient_residual`` (or ``gradient_residual_estimate``),
-    ``sigma_certified``.
+    ``sigma_certified``, ``residual_ratio`` and ``landed`` (module docstring),
+    ``newton_steps`` (``steps="auto"``).
     """
 
     name = "second-order"
     needs = frozenset({"forget", "retain"})
+    _AUTO_STEPS = True
 
     _SOLVERS = ("auto", "cholesky", "cg", "lissa")
 
@@ -624,13 +818,15 @@ class SecondOrder(_Influence):
         lissa_rounds: int = 1,
         lissa_patience: int = 5,
         curvature_records: int | None = 20_000,
-        on_failure: str = "raise",
+        on_failure: str = "warn",
         epsilon: float | None = None,
         delta: float | None = None,
         residual_records: int = 20_000,
+        land_ratio: float = 0.1,
         seed: int | None = 0,
     ) -> None:
         super().__init__(model)
+        self.land_ratio = land_ratio
         self.solver = solver
         self.damping = damping
         self.steps = steps
@@ -683,8 +879,6 @@ class SecondOrder(_Influence):
             value = getattr(self, option)
             if not (isinstance(value, (int, np.integer)) and value >= 1):
                 raise ValueError(f"{option} must be a positive integer, got {value!r}")
-        if self.on_failure not in ("raise", "skip"):
-            raise ValueError(f"on_failure must be 'raise' or 'skip', got {self.on_failure!r}")
         if self.inexact not in ("apply", "fail"):
             raise ValueError(f"inexact must be 'apply' or 'fail', got {self.inexact!r}")
         if self.objective_check not in ("auto", "always", "never"):
@@ -876,11 +1070,12 @@ class SecondOrder(_Influence):
         while True:
             try:
                 result = self._solve(rhs, edited, solver, damping, cache)
-            except SolverError:
+            except SolverError as error:
                 if self.on_failure == "raise":
                     raise
                 diagnostics["solver_failed"] = 1.0
                 diagnostics["solver_converged"] = 0.0
+                self._solver_skipped(str(error))
                 return None
             self._record(result, solver, diagnostics)
             change = float(result.info.get("model_change", math.nan))
@@ -919,13 +1114,18 @@ class SecondOrder(_Influence):
                 diagnostics["solver_truncated"] += 1.0
             return result.x
         diagnostics["solver_failed"] = 1.0
-        if self.on_failure == "skip":
-            return None
-        raise SolverError(
-            self._failure_message(
-                result, solver, finite, negative, change, damping, increases, retry is not None
-            )
+        message = self._failure_message(
+            result, solver, finite, negative, change, damping, increases, retry is not None
         )
+        if self.on_failure != "raise":
+            self._solver_skipped(message)
+            return None
+        raise SolverError(message)
+
+    def _solver_skipped(self, message: str) -> None:
+        """A step the solver could not give is skipped; say so unless told to ignore it."""
+        if self.on_failure == "warn":
+            warn_missed(f"second-order: no usable step, this update was skipped: {message}")
 
     def _failure_message(
         self,
@@ -938,8 +1138,8 @@ class SecondOrder(_Influence):
         increases: int,
         wanted_more: bool,
     ) -> str:
-        tail = " Nothing was changed (on_failure='skip' would edit the data without updating "
-        tail += "the model)."
+        tail = " Nothing was changed (on_failure='warn' or 'ignore' would edit the data "
+        tail += "without updating the model)."
         if solver == "lissa" and result.diverged:
             return (
                 f"LiSSA diverged after {result.iterations} iterations; increase lissa_scale "

@@ -26,7 +26,7 @@ import torch
 
 from oblivio.data import Change, Dataset
 from oblivio.models.base import Model, NotFittedError
-from oblivio.unlearners.base import Outcome, Unlearner, register
+from oblivio.unlearners.base import Outcome, StateError, Unlearner, register
 
 __all__ = ["SISA", "CheckpointError", "SISAEnsemble"]
 
@@ -771,6 +771,10 @@ class SISA(Unlearner):
                 entries[(k, start[k] + offset)] = checkpoint
         self._write_checkpoints(entries)  # last step that can fail: nothing changed before
         self.model_ = SISAEnsemble(self.model, self.shards, self.aggregation, models)
+        if change.is_removal:  # the layout keeps no trace of forgotten records
+            keep = ~np.isin(self._layout_ids, change.ids)
+            self._layout_ids = self._layout_ids[keep]
+            self._layout_shards = self._layout_shards[keep]
 
         epochs = self._epochs()
         base_epochs = 1 if epochs is None else int(getattr(self.model, "epochs", 1))
@@ -791,10 +795,10 @@ class SISA(Unlearner):
         )
 
     def _snapshot(self) -> Any:
-        return dict(self._memory)
+        return dict(self._memory), self._layout_ids, self._layout_shards
 
     def _restore(self, state: Any) -> None:
-        self._memory = state
+        self._memory, self._layout_ids, self._layout_shards = state
 
     # -- persistence -------------------------------------------------------------------
     def _blank_model(self) -> Model:
@@ -816,10 +820,16 @@ class SISA(Unlearner):
         return super().save(path)
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        meta: dict[str, Any] = {"seed_": self.seed_, "checkpoints": []}
+        keep = np.isin(self._layout_ids, self.train_.ids)  # only what the current state needs
+        meta: dict[str, Any] = {
+            "seed_": self.seed_,
+            "checkpoints": [],
+            # fingerprints of each shard's records: load() refuses a layout that moved one
+            "shard_digests": [_digest(part) for part, _ in self._partition(self.train_)],
+        }
         arrays: dict[str, np.ndarray] = {
-            "layout_ids": self._layout_ids,
-            "layout_shards": self._layout_shards,
+            "layout_ids": self._layout_ids[keep],
+            "layout_shards": self._layout_shards[keep],
         }
         for (k, r), (digest, state) in sorted(self._memory.items()):
             entry: dict[str, Any] = {"shard": k, "slice": r, "digest": digest, "empty": True}
@@ -832,10 +842,52 @@ class SISA(Unlearner):
             meta["checkpoints"].append(entry)
         return meta, arrays
 
+    def _check_loaded_params(self) -> None:
+        if self.assignment == "custom":  # the function is not saved; the layout stands in
+            self.assignment = "random"
+            try:
+                self._check_params()
+            finally:
+                self.assignment = "custom"
+            return
+        self._check_params()
+
     def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
-        self.seed_ = int(meta["seed_"])
-        self._layout_ids = arrays["layout_ids"]
-        self._layout_shards = arrays["layout_shards"]
+        """Restore the layout and checkpoints; refuse a layout the training ids contradict."""
+        seed = meta.get("seed_")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise StateError("seed_", f"must be an integer, got {seed!r}")
+        self.seed_ = seed
+        ids, shards = arrays.get("layout_ids"), arrays.get("layout_shards")
+        if ids is None or shards is None or ids.shape != shards.shape or ids.ndim != 1:
+            raise StateError("layout", "layout_ids / layout_shards missing or of unequal shape")
+        if ids.dtype.kind not in "iu" or shards.dtype.kind not in "iu":
+            raise StateError("layout", f"expected integer arrays, got {ids.dtype}, {shards.dtype}")
+        if not np.array_equal(np.sort(ids), np.sort(self.train_.ids)) or np.any(np.diff(ids) <= 0):
+            raise StateError(
+                "layout_ids", "must list each training id exactly once, sorted (no other ids)"
+            )
+        if shards.size and (shards.min() < 0 or shards.max() >= self.shards):
+            raise StateError("layout_shards", f"shards outside 0..{self.shards - 1}")
+        if self.assignment == "random" and not np.array_equal(
+            shards, _bucket(ids, self.seed_, _SHARD_SALT, self.shards)
+        ):
+            raise StateError("layout_shards", "differs from the seeded random assignment")
+        self._layout_ids = ids.astype(np.int64)
+        self._layout_shards = shards.astype(np.int64)
+        parts = self._partition(self.train_)
+        digests = meta.get("shard_digests")
+        if digests is not None and digests != [_digest(part) for part, _ in parts]:
+            raise StateError(
+                "layout_shards", "a shard's records differ from those its model was saved with"
+            )
+        fitted = self.model_.models_ or []
+        for k, (part, _) in enumerate(parts):
+            if (len(part) > 0) != (k < len(fitted) and fitted[k] is not None):
+                raise StateError(
+                    "layout_shards",
+                    f"shard {k} has records but no model, or a model but no records",
+                )
         self._memory = {}
         for entry in meta["checkpoints"]:
             k, r = int(entry["shard"]), int(entry["slice"])
