@@ -11,12 +11,21 @@ from typing import Any
 
 def write_text(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    return _write(path, text, "w")
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` (e.g. a PNG) to ``path`` atomically, as :func:`write_text`."""
+    return _write(path, data, "wb")
+
+
+def _write(path: str | Path, content: str | bytes, mode: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
+        with os.fdopen(handle, mode) as stream:
+            stream.write(content)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

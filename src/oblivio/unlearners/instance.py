@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -408,6 +409,40 @@ class _ForgetDriven(_NeuralUnlearner):
         return batch if extra is None else _Goals.cat([batch, extra])
 
 
+class _Continuation:
+    """Halve the importance weight when the forget records stop making progress.
+
+    ``update(batch, off)`` is called once per optimiser step with the number of records of
+    forget batch ``batch`` still off their goal (from the step's own forward pass). When no
+    batch has improved on its best count for ``patience`` steps, ``lam`` halves and the
+    clock restarts. The quadratic anchor has an equilibrium where the forget term's pull
+    balances it; when that equilibrium leaves a record on its label, only a weaker anchor
+    lets the run reach the goal (an oblivio addition: the released code runs to its epoch
+    cap). ``patience=None`` keeps ``lam`` fixed.
+    """
+
+    def __init__(self, lam: float, patience: int | None) -> None:
+        self.lam = float(lam)
+        self.patience = patience
+        self.halvings = 0
+        self._best: dict[int, int] = {}
+        self._since = 0
+
+    def update(self, batch: int, off: int) -> None:
+        if self.patience is None:
+            return
+        best = self._best.get(batch)
+        if best is None or off < best:
+            self._best[batch] = off
+            self._since = 0
+            return
+        self._since += 1
+        if self._since >= self.patience:
+            self.lam /= 2
+            self.halvings += 1
+            self._since = 0
+
+
 @register
 class L2UL(_ForgetDriven):
     """L2UL: instance-wise unlearning with adversarial examples and weight importance.
@@ -511,7 +546,10 @@ class L2UL(_ForgetDriven):
 
     name = "l2ul"
     needs = frozenset({"forget"})
+    goals: ClassVar[tuple[str, ...]] = ("correction",)
     _supports_relabel = True
+    #: ``eps=None`` picks this fraction of the median L2 norm of the training records.
+    EPS_SCALE: ClassVar[float] = 0.25
     #: The released CIFAR-10 settings (reference §7): ``L2UL(model, **L2UL.PAPER)``.
     PAPER: ClassVar[MappingProxyType] = MappingProxyType(
         {
@@ -535,14 +573,15 @@ class L2UL(_ForgetDriven):
         adversarial: bool = True,
         importance: bool = True,
         forget_loss: str = "complement",
-        lam: float = 0.01,
-        eps: float = 2.0,
-        pgd_step: float = 0.5,
-        pgd_steps: int = 10,
-        n_adv: int = 10,
+        lam: float = 1.0,
+        lam_patience: int | None = 50,
+        eps: float | None = None,
+        pgd_step: float | None = None,
+        pgd_steps: int = 20,
+        n_adv: int = 20,
         input_range: tuple[float, float] | None = None,
         target_sampling: str = "uniform",
-        lr: float = 1e-2,
+        lr: float = 1e-3,
         max_epochs: int = 1000,
         batch_size: int = 32,
         adv_batch_size: int = 128,
@@ -566,7 +605,9 @@ class L2UL(_ForgetDriven):
         self.adversarial = adversarial
         self.importance = importance
         self.forget_loss = forget_loss
+        self.goal = "correction"
         self.lam = lam
+        self.lam_patience = lam_patience
         self.eps = eps
         self.pgd_step = pgd_step
         self.pgd_steps = pgd_steps
@@ -578,11 +619,20 @@ class L2UL(_ForgetDriven):
     def _check_params(self) -> None:
         super()._check_params()
         _check_forget_loss(self.forget_loss)
-        if self.lam < 0:
-            raise ValueError(f"lam must be >= 0, got {self.lam!r}")
+        if not (isinstance(self.lam, (int, float)) and self.lam >= 0):
+            raise ValueError(f"lam must be a number >= 0, got {self.lam!r}")
+        patience = self.lam_patience
+        if patience is not None and not (
+            isinstance(patience, (int, np.integer))
+            and not isinstance(patience, bool)
+            and patience >= 1
+        ):
+            raise ValueError(f"lam_patience must be None or an integer >= 1, got {patience!r}")
         if self.adversarial:
-            if not (self.eps > 0 and self.pgd_step > 0):
-                raise ValueError(f"eps and pgd_step must be > 0, got {self.eps}, {self.pgd_step}")
+            for key in ("eps", "pgd_step"):
+                value = getattr(self, key)
+                if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                    raise ValueError(f"{key} must be None (automatic) or > 0, got {value!r}")
             if not (isinstance(self.pgd_steps, (int, np.integer)) and self.pgd_steps >= 0):
                 raise ValueError(f"pgd_steps must be an integer >= 0, got {self.pgd_steps!r}")
             if not (isinstance(self.n_adv, (int, np.integer)) and self.n_adv >= 1):
@@ -615,16 +665,42 @@ class L2UL(_ForgetDriven):
         if self.adversarial and not lo < hi:
             raise ValueError(f"the training inputs are constant ({lo}); pass input_range=(lo, hi)")
         self.input_range_ = (float(lo), float(hi))
+        self.eps_ = float(self.eps) if self.eps is not None else self._automatic_eps()
+        self.pgd_step_ = float(self.pgd_step) if self.pgd_step is not None else self.eps_ / 4
+
+    def _automatic_eps(self) -> float:
+        """``EPS_SCALE`` times the median L2 norm of the training records (all values)."""
+        X = self.train_.X
+        n = X.shape[0]
+        rows = np.random.default_rng(0).choice(n, size=min(n, 2000), replace=False)
+        sample = X[np.sort(rows)]
+        if sp.issparse(sample):
+            norms = np.sqrt(np.asarray(sample.multiply(sample).sum(axis=1)).ravel())
+        else:
+            norms = np.linalg.norm(
+                np.asarray(sample, dtype=np.float64).reshape(len(rows), -1), axis=1
+            )
+        eps = self.EPS_SCALE * float(np.median(norms))
+        if not (np.isfinite(eps) and eps > 0):
+            raise ValueError(
+                f"cannot choose eps from the training records (median norm {np.median(norms)}); "
+                "pass eps="
+            )
+        return eps
 
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta, arrays = super()._state()
         meta["input_range"] = list(self.input_range_)
+        meta["eps"] = self.eps_
+        meta["pgd_step"] = self.pgd_step_
         return meta, arrays
 
     def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         super()._set_state(meta, arrays)
         lo, hi = meta["input_range"]
         self.input_range_ = (float(lo), float(hi))
+        self.eps_ = float(meta.get("eps", self.eps if self.eps is not None else 0.0))
+        self.pgd_step_ = float(meta.get("pgd_step", self.pgd_step or self.eps_ / 4))
 
     def _forget(self, change: Change) -> Outcome:
         module = self._module
@@ -646,8 +722,8 @@ class L2UL(_ForgetDriven):
                 module,
                 x_rep,
                 t_adv,
-                eps=self.eps,
-                step=self.pgd_step,
+                eps=self.eps_,
+                step=self.pgd_step_,
                 steps=self.pgd_steps,
                 clip=self.input_range_,
                 generator=generator,
@@ -664,6 +740,8 @@ class L2UL(_ForgetDriven):
             anchor = {n: p.detach().clone() for n, p in module.named_parameters() if n in omega}
             diagnostics["importance_seconds"] = time.perf_counter() - start
         named = dict(module.named_parameters())
+        schedule = _Continuation(self.lam, self.lam_patience)
+        n_forget_batches = math.ceil(len(current) / self.batch_size)
 
         if x_adv is not None:
             steps_per_epoch = math.ceil(x_adv.shape[0] / self.adv_batch_size)
@@ -682,17 +760,34 @@ class L2UL(_ForgetDriven):
                 set_train_mode(module, self.bn_mode, b_f + b_a)
                 logits = module(torch.cat([batch.X, xa.to(batch.X.dtype)]))
                 forget_term = _forget_term(logits[:b_f], batch, self.forget_loss)
+                forget_logits = logits[:b_f]
                 adv_term = nn.functional.cross_entropy(logits[b_f:], ta)
                 loss = (b_f * forget_term + b_a * adv_term) / (b_f + b_a)
             else:
                 set_train_mode(module, self.bn_mode, b_f)
-                loss = _forget_term(module(batch.X), batch, self.forget_loss)
+                forget_logits = module(batch.X)
+                loss = _forget_term(forget_logits, batch, self.forget_loss)
             if omega is not None:
+                off = int((~batch.reached(forget_logits.detach().argmax(dim=1))).sum())
+                schedule.update(step % n_forget_batches, off)
                 penalty = sum((omega[n] * (named[n] - anchor[n]) ** 2).sum() for n in omega)
-                loss = loss + self.lam * 0.5 * penalty
+                loss = loss + schedule.lam * 0.5 * penalty
             return loss
 
         diagnostics.update(self._run(change, steps_per_epoch, loss_of_step, self._optimizer()))
+        if omega is not None:
+            diagnostics["lam_final"] = schedule.lam
+            diagnostics["lam_halvings"] = float(schedule.halvings)
+        diagnostics["eps"] = self.eps_
+        if not diagnostics["goal_reached"]:
+            warnings.warn(
+                f"l2ul did not reach its goal: forget accuracy "
+                f"{diagnostics['forget_accuracy']:.3f} after {diagnostics['steps']:.0f} steps "
+                f"({'diverged' if diagnostics['diverged'] else 'epoch cap'}); raise max_epochs "
+                "or lr (diagnostics['goal_reached'] = 0)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return Outcome(diagnostics=diagnostics)
 
 
