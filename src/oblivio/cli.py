@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 import time
@@ -137,8 +138,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _clear_demo(out: Path) -> None:
+    """Remove what an earlier demo wrote into ``out`` (and nothing else): a demo always
+    measures afresh, but never deletes files it did not write."""
+    from oblivio.bench.runner import RESULTS_FILE
+
+    for name in (RESULTS_FILE, "config.json", "environment.json", "report.md", "report.html"):
+        (out / name).unlink(missing_ok=True)
+    for folder in (out / "cache" / "originals", out / "cache" / "references"):
+        for path in folder.glob("*.npz") if folder.is_dir() else ():
+            path.unlink()
+        for leftover in (folder, folder.parent):
+            with contextlib.suppress(OSError):
+                leftover.rmdir()  # only when empty
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
-    import shutil
     from importlib import resources
 
     import torch
@@ -152,8 +167,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     with resources.as_file(resources.files("oblivio.bench") / "configs" / "quick.toml") as path:
         config = load_config(path)
     out = Path(args.out)
-    if out.exists():  # a demo always measures afresh
-        shutil.rmtree(out)
+    _clear_demo(out)
     records = _progress_runner(console, config, out)
     _print_summary(console, records)
     _, page = write_report(out)

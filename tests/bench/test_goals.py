@@ -79,3 +79,18 @@ def test_old_records_without_a_goal_count_as_deletion():
         ]
     )
     assert list(frame["goal"]) == ["deletion", "deletion"]
+
+
+def test_demo_clears_only_its_own_files(tmp_path):
+    from oblivio.cli import _clear_demo
+
+    (tmp_path / "cache" / "originals").mkdir(parents=True)
+    (tmp_path / "cache" / "originals" / "abc.npz").write_bytes(b"x")
+    for name in ("results.jsonl", "report.md", "report.html", "config.json"):
+        (tmp_path / name).write_text("old")
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "cache" / "keep.txt").write_text("mine")
+    _clear_demo(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "notes.txt"]
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["keep.txt"]
+    _clear_demo(tmp_path / "absent")  # a fresh folder: nothing to do
