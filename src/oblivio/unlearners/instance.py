@@ -716,8 +716,11 @@ class L2UL(_ForgetDriven):
         super()._set_state(meta, arrays)
         lo, hi = meta["input_range"]
         self.input_range_ = (float(lo), float(hi))
-        self.eps_ = float(meta.get("eps", self.eps if self.eps is not None else 0.0))
-        self.pgd_step_ = float(meta.get("pgd_step", self.pgd_step or self.eps_ / 4))
+        if "eps" in meta:
+            self.eps_, self.pgd_step_ = float(meta["eps"]), float(meta["pgd_step"])
+        else:  # saved before eps followed the data
+            self.eps_ = float(self.eps) if self.eps is not None else self._automatic_eps()
+            self.pgd_step_ = float(self.pgd_step) if self.pgd_step is not None else self.eps_ / 4
 
     def _forget(self, change: Change) -> Outcome:
         module = self._module
