@@ -51,6 +51,7 @@ from threadpoolctl import threadpool_limits
 
 import oblivio as ob
 from oblivio._io import write_bytes, write_json, write_text
+from oblivio.bench.runner import goal_of, method_options
 from oblivio.data import Dataset, Remove
 from oblivio.models import SmallCNN, TorchModel
 
@@ -67,17 +68,6 @@ def log(message: str) -> None:
 def avg_gap(own: dict[str, float], reference: dict[str, float]) -> float:
     """Mean absolute difference over forget/retain/test accuracy and MIA-efficacy, points."""
     return 100 * float(np.mean([abs(own[k] - reference[k]) for k in METRICS]))
-
-
-def goal_of(name: str) -> tuple[str, dict[str, Any]]:
-    """The goal a registered method serves here, and the option selecting it."""
-    cls = ob.unlearners.get(name)
-    goals = tuple(getattr(cls, "goals", ()))
-    if "deletion" in goals and "correction" in goals:
-        return "deletion", {"goal": "deletion"}
-    if goals == ("correction",):
-        return "correction", {}
-    return "deletion", {}
 
 
 class Recipe:
@@ -142,7 +132,9 @@ def scores(model: Any, forget: Dataset, retain: Dataset, test: Dataset, seed: in
 
 
 def make_unlearner(name: str, original: TorchModel, recipe: Recipe, seed: int) -> Any:
-    _, options = goal_of(name)
+    """The method with its defaults, on deletion where it serves both goals (the harness's
+    rule, :func:`oblivio.bench.runner.method_options`)."""
+    options = method_options(name, {})
     if name == "second-order":
         net = original.module
         head = recipe.model(seed, params=[net.head_name])
@@ -184,7 +176,8 @@ def run_seed(args: argparse.Namespace, train: Dataset, test: Dataset, seed: int)
         retrain_seconds = time.perf_counter() - start
         ref = scores(reference, forget, retain, test, seed)
         start = time.perf_counter()
-        warm = recipe.model(seed).fit(remaining, init=original, epochs=args.warm_epochs)
+        warm_epochs = min(args.warm_epochs, recipe.epochs)
+        warm = recipe.model(seed).fit(remaining, init=original, epochs=warm_epochs)
         warm_seconds = time.perf_counter() - start
         before = scores(original, forget, retain, test, seed)
         log(
@@ -217,9 +210,10 @@ def run_seed(args: argparse.Namespace, train: Dataset, test: Dataset, seed: int)
                     log(f"{method}: not registered in this oblivio, skipped")
                     args.reported_missing.add(method)
                 continue
-            goal, _ = goal_of(method)
+            unlearner = make_unlearner(method, original, recipe, seed)
+            goal = goal_of(unlearner)
             log(f"seed {seed}, {request}: {method} ({goal})")
-            unlearner = make_unlearner(method, original, recipe, seed).attach(train)
+            unlearner.attach(train)
             result = unlearner.forget(Remove(ids=forget_ids))
             seconds = unlearner.prepare_seconds_ + result.seconds
             own = scores(unlearner.model_, forget, retain, test, seed)

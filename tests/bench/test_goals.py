@@ -44,6 +44,18 @@ def test_goal_of_reads_the_declared_goal():
     assert runner.goal_of(both) == "correction"
 
 
+def test_a_method_serving_both_goals_runs_on_deletion_unless_told(monkeypatch):
+    from oblivio import unlearners
+
+    class Both(FineTune):
+        goals = ("deletion", "correction")
+
+    monkeypatch.setattr(unlearners, "get", lambda name: Both if name == "both" else L2UL)
+    assert runner.method_options("both", {"lr": 0.1}) == {"lr": 0.1, "goal": "deletion"}
+    assert runner.method_options("both", {"goal": "correction"}) == {"goal": "correction"}
+    assert runner.method_options("l2ul", {"lr": 0.1}) == {"lr": 0.1}
+
+
 def test_avg_gap_is_the_mean_absolute_difference_in_points():
     own = {"acc_forget": 0.5, "acc_retain": 0.9, "acc_test": 0.8, "mia_efficacy": 0.2}
     ref = {"acc_forget": 0.7, "acc_retain": 1.0, "acc_test": 0.8, "mia_efficacy": 0.1}

@@ -168,6 +168,17 @@ def goal_of(unlearner: Any) -> str:
     return str(goal)
 
 
+def method_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A method's options for a harness cell: one that serves both goals and is not told
+    which (``goal=``) runs on deletion, what a removal request asks of it."""
+    from oblivio import unlearners
+
+    goals = tuple(getattr(unlearners.get(name), "goals", ()))
+    if "deletion" in goals and len(goals) > 1 and "goal" not in options:
+        return {**options, "goal": "deletion"}
+    return dict(options)
+
+
 #: The four numbers of the field's "avg gap" (Fan et al., SalUn, ICLR 2024; Jia et al.,
 #: NeurIPS 2023): accuracy on forget / retain / test records and MIA-efficacy.
 AVG_GAP_KEYS = ("acc_forget", "acc_retain", "acc_test", "mia_efficacy")
@@ -246,7 +257,8 @@ def run_cell(cell: Cell, out: Path, mia: bool = True) -> dict[str, Any]:
         cache / "references", scenario_key + ["warm"], fresh(), final, init=original.theta
     )
 
-    unlearner = unlearners.create(cell.unlearner.name, fresh(), **cell.unlearner.options)
+    options = method_options(cell.unlearner.name, cell.unlearner.options)
+    unlearner = unlearners.create(cell.unlearner.name, fresh(), **options)
     if unlearner.requires_fit:
         unlearner.fit(scenario.train)
     else:
