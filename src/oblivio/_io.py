@@ -9,9 +9,9 @@ files it writes itself, and never deletes anything else.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ __all__ = [
     "claim_output_file",
     "fsync_folder",
     "prepare_output",
+    "write_bytes",
     "write_json",
     "write_text",
 ]
@@ -41,7 +42,8 @@ OWNED_FILES = (
     "poison_repair.json",
     "poison_repair.md",
 )
-OWNED_FOLDERS = ("cache",)
+#: Folders of cached model states, and the pattern of the files oblivio writes in them.
+OWNED_CACHES = (("cache/originals", "*.npz"), ("cache/references", "*.npz"))
 
 
 class OutputError(ValueError):
@@ -75,12 +77,21 @@ def write_text(path: str | Path, text: str) -> Path:
     The file gets the permissions a plain ``open`` would give (e.g. 0644 under umask 022),
     not the 0600 of the temporary file: reports are meant to be read by others.
     """
+    return _write(path, text, "w")
+
+
+def write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` (e.g. a PNG) to ``path`` atomically, as :func:`write_text`."""
+    return _write(path, data, "wb")
+
+
+def _write(path: str | Path, content: str | bytes, mode: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
+        with os.fdopen(handle, mode) as stream:
+            stream.write(content)
             stream.flush()
             os.fsync(stream.fileno())
         os.chmod(temporary, _default_mode())
@@ -109,7 +120,7 @@ def prepare_output(path: str | Path, *, force: bool = False, fresh: bool = False
     fresh : bool
         Remove oblivio's own earlier results first (``oblivio demo`` measures afresh):
         only in a folder carrying the marker, and only the names in
-        :data:`OWNED_FILES` / :data:`OWNED_FOLDERS`.
+        :data:`OWNED_FILES` and the cached states of :data:`OWNED_CACHES`.
 
     Raises
     ------
@@ -133,9 +144,14 @@ def prepare_output(path: str | Path, *, force: bool = False, fresh: bool = False
     if fresh and marked:
         for name in OWNED_FILES:
             (path / name).unlink(missing_ok=True)
-        for name in OWNED_FOLDERS:
-            if (path / name).is_dir() and not (path / name).is_symlink():
-                shutil.rmtree(path / name)
+        for name, pattern in OWNED_CACHES:
+            folder = path / name
+            if folder.is_dir() and not folder.is_symlink():
+                for file in folder.glob(pattern):
+                    file.unlink()
+                for leftover in (folder, folder.parent):
+                    with contextlib.suppress(OSError):
+                        leftover.rmdir()  # only when empty: a user's file keeps it
     if not (path / MARKER).is_file():
         write_text(path / MARKER, "This folder holds results written by oblivio.\n")
     return path

@@ -60,6 +60,8 @@ _COMPACT = [
     ("acc_test", "test acc"),
     ("acc_forget", "forget acc"),
     ("mia_auc", "MIA AUC"),
+    ("avg_gap", "avg gap"),
+    ("test_drop", "test drop"),
     ("gap_test", "test gap"),
     ("distance", "dist. to retrained"),
     ("seconds", "seconds"),
@@ -72,7 +74,7 @@ def _print_summary(console, records) -> None:
     """Compact table (means over seeds; the Markdown/HTML report has the ± std)."""
     from rich.table import Table
 
-    from oblivio.bench.report import _cell, summary_frame
+    from oblivio.bench.report import _value, summary_frame
 
     summary = summary_frame(records)
     keys = [
@@ -80,16 +82,18 @@ def _print_summary(console, records) -> None:
     ]
     table = Table(
         title=f"{len(records)} cells, means over seeds; gaps, distance and speed-ups are "
-        "relative to retraining on the same edited data"
+        "relative to retraining on the same edited data; avg gap and test drop in points "
+        "(deletion: avg gap -> 0; correction: forget acc -> 0, small test drop)"
     )
-    for column in keys + ["method"]:
+    for column in keys + ["method", "goal"]:
         table.add_column(column)
     present = [(c, label) for c, label in _COMPACT if c in summary.columns]
     for _, label in present:
         table.add_column(label, justify="right")
     for _, row in summary.iterrows():
         table.add_row(
-            *[str(row[g]) for g in keys + ["method"]], *[_cell(row[c], 0.0) for c, _ in present]
+            *[str(row[g]) for g in keys + ["method", "goal"]],
+            *[_value(row, c, std=False) for c, _ in present],
         )
     console.print(table)
 

@@ -195,9 +195,11 @@ def test_predict_labels_flags_overflowed_outputs():
 # -- the methods -------------------------------------------------------------------------------
 # Library defaults, except where a method's defaults do not reach the goal on this tiny MLP
 # (random labels with retained data: lr 1e-2 reached it for 4 of 6 forget sets, 3e-2 for 6).
+# L2UL's default lr (1e-3, the paper's) needs ~1000 steps on these [0, 1] inputs; these tests
+# check mechanics, so they run it at 1e-2 (its quality is tested in test_l2ul.py).
 METHODS = {
-    "l2ul": {},
-    "l2ul-noadv": dict(adversarial=False),
+    "l2ul": dict(lr=1e-2),
+    "l2ul-noadv": dict(adversarial=False, lr=1e-2),
     "gradient-ascent": {},
     "random-labels": {},
     "random-labels+retain": dict(use_retain=True, lr=3e-2),
@@ -298,7 +300,7 @@ def test_l2ul_relabel_mode(digits01, trained):
     ids = _forget_ids(train, trained, 8, seed=5)
     old = train.select(ids).y
     new = (old + 3) % 10
-    unlearner = L2UL(trained).attach(train)
+    unlearner = L2UL(trained, lr=1e-2).attach(train)
     result = unlearner.forget(Relabel(ids=ids, labels=new))
     d = result.diagnostics
     assert d["goal_reached"] == 1.0 and d["relabel_accuracy"] == 1.0
@@ -319,7 +321,7 @@ def test_paper_settings_are_an_explicit_preset(digits01, trained):
         L2UL.PAPER["lam"] = 0.5  # read-only
     # the defaults are the cheap ones, and differ from the paper's
     defaults = L2UL(trained).get_params()
-    assert defaults["n_adv"] * defaults["pgd_steps"] < params["n_adv"] * params["pgd_steps"] / 10
+    assert defaults["n_adv"] * defaults["pgd_steps"] < params["n_adv"] * params["pgd_steps"] / 4
     # the preset runs (capped here: the paper's 1000 epochs are not needed for a test)
     ids = _forget_ids(train, trained, 4, seed=11)
     d = L2UL(trained, **{**L2UL.PAPER, "max_epochs": 2}).attach(train)
@@ -363,7 +365,7 @@ def test_continual_requests_keep_earlier_records_forgotten(name, digits01, train
 def test_continual_state_survives_save_and_load(tmp_path, digits01, trained):
     train, _ = digits01
     ids = _forget_ids(train, trained, 8, seed=7)
-    unlearner = L2UL(trained).attach(train)
+    unlearner = L2UL(trained, lr=1e-2).attach(train)
     unlearner.forget(Remove(ids=ids[:4]))
     unlearner.save(tmp_path / "u")
     loaded = Unlearner.load(tmp_path / "u", model=_mlp_model())
@@ -415,7 +417,7 @@ def test_constant_importance_gives_no_nan(digits01):
     inverted = invert_importance(mas_importance(model.module_, x))
     assert torch.equal(inverted["unused.weight"], torch.ones(3, 3))  # guarded, not NaN
     assert all(bool(torch.isfinite(t).all()) for t in inverted.values())
-    unlearner = L2UL(model, weight_decay=0.0).attach(train)
+    unlearner = L2UL(model, weight_decay=0.0, lr=1e-2).attach(train)
     result = unlearner.forget(Remove(ids=ids))
     assert bool(torch.isfinite(unlearner.model_.theta).all())
     assert result.diagnostics["goal_reached"] == 1.0
@@ -500,7 +502,7 @@ def test_l2ul_loses_no_more_test_accuracy_than_gradient_ascent_mlp(digits01, tra
         trained,
         k=16,
         seeds=range(3),
-        l2ul_options={},
+        l2ul_options={"lr": 1e-2},
         ga_options={},
     )
     assert drops["gradient-ascent"] > 0.0  # non-vacuity: the naive method does lose accuracy
@@ -522,7 +524,7 @@ def test_l2ul_loses_no_more_test_accuracy_than_gradient_ascent_cnn():
         model,
         k=16,
         seeds=range(3),
-        l2ul_options={},
+        l2ul_options={"lr": 1e-2, "n_adv": 10, "pgd_steps": 10},
         ga_options={},
     )
     assert drops["gradient-ascent"] > 0.0

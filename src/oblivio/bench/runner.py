@@ -155,6 +155,54 @@ def _cached_fit(
     return model, seconds
 
 
+def goal_of(unlearner: Any) -> str:
+    """The goal a method instance serves: ``"deletion"`` (be where retraining is) or
+    ``"correction"`` (stop predicting the original labels, as L2UL).
+
+    Neural methods declare ``goals`` (class) and ``goal`` (instance); every other method
+    (exact, influence, certified) deletes.
+    """
+    goal = getattr(unlearner, "goal", None)
+    if goal is None:
+        goals = tuple(getattr(type(unlearner), "goals", ()))
+        goal = goals[0] if len(goals) == 1 else "deletion"
+    return str(goal)
+
+
+def method_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A method's options for a harness cell: one that serves both goals and is not told
+    which (``goal=``) runs on deletion, what a removal request asks of it."""
+    from oblivio import unlearners
+
+    goals = tuple(getattr(unlearners.get(name), "goals", ()))
+    if "deletion" in goals and len(goals) > 1 and "goal" not in options:
+        return {**options, "goal": "deletion"}
+    return dict(options)
+
+
+#: The four numbers of the field's "avg gap" (Fan et al., SalUn, ICLR 2024; Jia et al.,
+#: NeurIPS 2023): accuracy on forget / retain / test records and MIA-efficacy.
+AVG_GAP_KEYS = ("acc_forget", "acc_retain", "acc_test", "mia_efficacy")
+
+
+def avg_gap(own: dict[str, float], reference: dict[str, float]) -> float:
+    """Mean absolute difference over :data:`AVG_GAP_KEYS`, in percentage points (nan-aware)."""
+    gaps = [abs(own[k] - reference[k]) for k in AVG_GAP_KEYS if k in own and k in reference]
+    gaps = [g for g in gaps if np.isfinite(g)]
+    return 100 * float(np.mean(gaps)) if gaps else float("nan")
+
+
+def _mia_efficacy(model: Any, forget: Dataset, retain: Dataset, test: Dataset, seed: int) -> float:
+    from oblivio.audit.mia import mia_efficacy
+
+    try:
+        return mia_efficacy(
+            model, retain=retain, test=test, forget=forget, seed=seed, max_shadow=2000
+        ).efficacy
+    except ValueError:  # too few records, or outputs that overflowed
+        return float("nan")
+
+
 def _record_losses(model: Any, data: Dataset) -> np.ndarray:
     from oblivio.audit.mia import per_record_loss, posteriors
 
@@ -210,7 +258,8 @@ def run_cell(cell: Cell, out: Path, mia: bool = True) -> dict[str, Any]:
         cache / "references", scenario_key + ["warm"], fresh(), final, init=original.theta
     )
 
-    unlearner = unlearners.create(cell.unlearner.name, fresh(), **cell.unlearner.options)
+    options = method_options(cell.unlearner.name, cell.unlearner.options)
+    unlearner = unlearners.create(cell.unlearner.name, fresh(), **options)
     if unlearner.requires_fit:
         unlearner.fit(scenario.train)
     else:
@@ -254,12 +303,18 @@ def run_cell(cell: Cell, out: Path, mia: bool = True) -> dict[str, Any]:
         }
 
     own, ref = scores(model), scores(reference)
+    if mia:
+        own["mia_efficacy"] = _mia_efficacy(model, forget, retain, test, cell.seed)
+        ref["mia_efficacy"] = _mia_efficacy(reference, forget, retain, test, cell.seed)
+    goal = goal_of(unlearner)
+    original_test = audit.accuracy(original, test)
     record: dict[str, Any] = {
         "cell": cell.key,
         "dataset": cell.dataset.key,
         "model": cell.model.name,
         "method": cell.unlearner.key,
         "unlearner": cell.unlearner.name,
+        "goal": goal,
         "options": cell.unlearner.options,
         "request": cell.request.key,
         "request_kind": cell.request.kind,
@@ -279,6 +334,10 @@ def run_cell(cell: Cell, out: Path, mia: bool = True) -> dict[str, Any]:
         **{f"ref_{k}": v for k, v in ref.items()},
         "gap_forget": abs(own["acc_forget"] - ref["acc_forget"]),
         "gap_test": abs(own["acc_test"] - ref["acc_test"]),
+        # deletion is judged by the avg gap, correction by forget accuracy -> 0 and this drop
+        "avg_gap": avg_gap(own, ref),
+        "acc_test_original": original_test,
+        "test_drop": 100 * (original_test - own["acc_test"]),
         "agreement": audit.agreement(model, reference, test),
         "diagnostics": {k: v for r in results for k, v in r.diagnostics.items()},
         "budget_trace": budget_trace,
