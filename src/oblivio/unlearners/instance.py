@@ -31,32 +31,24 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from oblivio.data import Change, Dataset, RequestError
+from oblivio.data import Change, RequestError
 from oblivio.models.base import Model
+from oblivio.unlearners._loop import _NeuralUnlearner, _seed_generators
 from oblivio.unlearners._neural import (
     as_inputs,
     complement_loss,
     draw_targets,
     invert_importance,
     mas_importance,
-    module_device,
     predict_labels,
     set_train_mode,
     targeted_l2_pgd,
 )
-from oblivio.unlearners.base import Outcome, Unlearner, register
+from oblivio.unlearners.base import Outcome, register
 
 __all__ = ["L2UL", "FineTune", "GradientAscent", "RandomLabels"]
 
-_BN_MODES = ("train", "eval")
 _FORGET_LOSSES = ("complement", "neg-ce")
-
-
-def _seed_generators(seed: int, counter: int) -> tuple[np.random.Generator, torch.Generator]:
-    sequence = np.random.SeedSequence([int(seed), int(counter)])
-    rng = np.random.default_rng(sequence)
-    generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
-    return rng, generator
 
 
 @dataclass
@@ -106,132 +98,6 @@ def _check_forget_loss(value: Any) -> None:
         raise ValueError(f"forget_loss must be one of {_FORGET_LOSSES}, got {value!r}")
 
 
-class _NeuralUnlearner(Unlearner):
-    """Shared machinery: module access, SGD, seeded randomness, goal checks, state."""
-
-    exact = False
-
-    def __init__(
-        self,
-        model: Model,
-        *,
-        lr: float,
-        max_epochs: int,
-        batch_size: int,
-        momentum: float,
-        weight_decay: float,
-        bn_mode: str,
-        seed: int,
-    ) -> None:
-        super().__init__(model)
-        self.lr = lr
-        self.max_epochs = max_epochs
-        self.batch_size = batch_size
-        self.momentum = momentum
-        self.weight_decay = weight_decay
-        self.bn_mode = bn_mode
-        self.seed = seed
-
-    # -- checks ----------------------------------------------------------------------------
-    def _check_params(self) -> None:
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        if not (isinstance(self.max_epochs, (int, np.integer)) and self.max_epochs >= 1):
-            raise ValueError(f"max_epochs must be an integer >= 1, got {self.max_epochs!r}")
-        if not (isinstance(self.batch_size, (int, np.integer)) and self.batch_size >= 1):
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.bn_mode not in _BN_MODES:
-            raise ValueError(f"bn_mode must be one of {_BN_MODES}, got {self.bn_mode!r}")
-
-    def _prepare(self) -> None:
-        module = getattr(self.model_, "module_", None)
-        if not isinstance(module, nn.Module):
-            raise TypeError(
-                f"{type(self).__name__} unlearns neural networks: it needs a fitted TorchModel "
-                f"(with a module_), got {type(self.model_).__name__}"
-            )
-        self.n_classes_ = len(self.train_.classes)
-
-    @property
-    def _module(self) -> nn.Module:
-        return self.model_.module_
-
-    def _inputs(self, data: Dataset) -> torch.Tensor:
-        return as_inputs(data.X, self._module)
-
-    def _labels(self, y: np.ndarray) -> torch.Tensor:
-        return torch.tensor(np.asarray(y), dtype=torch.long, device=module_device(self._module))
-
-    def _request_index(self) -> int:
-        """How many requests changed something so far: seeds this request's randomness.
-
-        Empty requests (recorded in ``history_`` but a no-op) do not count, so the same
-        sequence of effective requests gives the same model (``check_unlearner``).
-        """
-        return sum(1 for r in self.history_ if r.n_affected > 0)
-
-    def _optimizer(self) -> torch.optim.Optimizer:
-        params = [p for p in self._module.parameters() if p.requires_grad]
-        self._last_good: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
-        return torch.optim.SGD(
-            params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
-        )
-
-    def _step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
-        """One SGD step on ``loss``; False (and no step) when the loss or a gradient is not
-        finite. Gradient ascent can diverge: the parameters then go back to where the
-        previous step started, the last point whose loss and gradients were finite (the
-        step from there can already overflow the outputs on other inputs).
-        """
-        if not bool(torch.isfinite(loss.detach())):
-            self._roll_back()
-            return False
-        optimizer.zero_grad(set_to_none=True)  # never accumulate across batches (pitfall 4)
-        loss.backward()
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        for p in params:
-            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
-                optimizer.zero_grad(set_to_none=True)
-                self._roll_back()
-                return False
-        with torch.no_grad():
-            if self._last_good is None:
-                self._last_good = (params, [p.detach().clone() for p in params])
-            else:
-                for saved, p in zip(self._last_good[1], params, strict=True):
-                    saved.copy_(p)
-        optimizer.step()
-        return True
-
-    def _roll_back(self) -> None:
-        if self._last_good is not None:
-            with torch.no_grad():
-                for p, saved in zip(*self._last_good, strict=True):
-                    p.copy_(saved)
-
-    def _accuracy(self, X: torch.Tensor, y: torch.Tensor) -> float:
-        if X.shape[0] == 0:
-            return float("nan")
-        return float((predict_labels(self._module, X) == y).float().mean())
-
-    def _snapshot(self) -> Any:
-        # every trainable parameter and buffer moves, not only theta: keep the whole state
-        return {k: v.detach().clone() for k, v in self._module.state_dict().items()}
-
-    def _restore(self, state: Any) -> None:
-        self._module.load_state_dict(state)
-
-    def _finish(self) -> None:
-        """Leave the module in eval mode (how TorchModel predicts) without stale gradients."""
-        self._module.eval()
-        for p in self._module.parameters():
-            p.grad = None
-
-
 class _ForgetDriven(_NeuralUnlearner):
     """Methods driven by the forget records, stopping once every goal is reached.
 
@@ -242,6 +108,7 @@ class _ForgetDriven(_NeuralUnlearner):
     the anchor of the importance penalty is the model before the current request).
     """
 
+    goals: ClassVar[tuple[str, ...]] = ("correction",)
     #: check the goal after every optimiser step ("step") or after every epoch ("epoch")
     _check_every = "step"
 
@@ -307,9 +174,9 @@ class _ForgetDriven(_NeuralUnlearner):
     # -- persistence -----------------------------------------------------------------------
     def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta: dict[str, Any] = {"n_classes": self.n_classes_}
-        arrays: dict[str, np.ndarray] = {}
+        arrays = self._holdout_state()
         if self.forgotten_ is not None:
-            arrays = {
+            arrays |= {
                 "forgotten_X": self.forgotten_.X.detach().cpu().numpy(),
                 "forgotten_label": self.forgotten_.label.cpu().numpy(),
                 "forgotten_sign": self.forgotten_.sign.cpu().numpy(),
@@ -318,6 +185,7 @@ class _ForgetDriven(_NeuralUnlearner):
         return meta, arrays
 
     def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self._set_holdout_state(arrays)
         self.n_classes_ = int(meta.get("n_classes", len(self.train_.classes)))
         self.forgotten_ = None
         if "forgotten_X" in arrays:
