@@ -77,9 +77,6 @@ _TOLERANCE = 0.03
 #: Without a reference set, records of classes still present aim at the retain-sample
 #: accuracy minus this (a conservative move; see the module docstring).
 _FALLBACK_DROP = 0.02
-import os  # noqa: E402  DEBUG
-
-_DEBUG = bool(os.environ.get("DEBUG_LOOP"))
 
 
 def random_other_labels(
