@@ -65,7 +65,7 @@ __all__: list[str] = []
 
 _BN_MODES = ("train", "eval")
 #: At most this many forget, retained and held-out records are checked (fixed samples).
-_CHECK_SAMPLE = 2000
+_CHECK_SAMPLE = 1000
 #: Weight of accuracy lost on retained and held-out records in the landing score: the
 #: target is an estimate, lost accuracy is damage, so a point of damage costs two points
 #: of distance to the target.
@@ -319,6 +319,7 @@ class _NeuralUnlearner(Unlearner):
         return {}, self._holdout_state()
 
     def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.n_classes_ = len(self.train_.classes)
         self._set_holdout_state(arrays)
 
     # -- the deletion loop ---------------------------------------------------------------
