@@ -29,7 +29,7 @@ Design of the deletion loop
   before that) the loop measures the forget accuracy and the accuracy on fixed samples of
   at most 1,000 retained (and held-out) records. It stops as soon as the
   forget accuracy reaches the target, and keeps the checkpoint that scores best on
-  ``|forget accuracy - target| + 2 * (retained and held-out accuracy lost)``: the rewind of
+  ``|forget accuracy - target| + 3 * (retained or held-out accuracy lost)``: the rewind of
   SCRUB+R (rewind to the checkpoint whose forget error is closest to the reference error).
   The start counts as a checkpoint, so the loop never ends with a worse score than it
   began (a run that cannot improve leaves the model as it was, and says so).
@@ -37,6 +37,12 @@ Design of the deletion loop
   be known from training data alone (a model that memorised its training set is 100 %
   accurate on all of it). The loop then aims at ``min(forget, retained accuracy) - 0.02``
   (a modest, conservative move) and reports ``target_known = 0``.
+* **Backtracking.** A check that finds more than 5 points of accuracy lost on the retained
+  (or held-out) sample means the step size is too large for this network: the loop goes
+  back to the best checkpoint, halves the learning rate, drops the momentum and goes on
+  (at most 6 times; ``diagnostics["lr_halvings"]``). The same defaults then serve nets
+  trained with Adam (sharp minima, where one SGD step at lr 0.05 can cost 10 points) and
+  with SGD. The steps spent before a backtrack count against the budget.
 * **Divergence.** A non-finite loss or gradient rolls the step back (to the last finite
   parameters) and ends the run; the landing rule then picks the best checkpoint so far.
 * **Reporting.** ``diagnostics`` holds the target, its source, the forget and retain-sample
@@ -68,9 +74,13 @@ _BN_MODES = ("train", "eval")
 #: At most this many forget, retained and held-out records are checked (fixed samples).
 _CHECK_SAMPLE = 1000
 #: Weight of accuracy lost on retained and held-out records in the landing score: the
-#: target is an estimate, lost accuracy is damage, so a point of damage costs two points
+#: target is an estimate, lost accuracy is damage, so a point of damage costs three points
 #: of distance to the target.
-_DAMAGE = 2.0
+_DAMAGE = 3.0
+#: A check that finds more accuracy lost than this (retained or held-out records) backtracks:
+#: best checkpoint, half the learning rate; at most ``_MAX_HALVINGS`` times.
+_WRECKED = 0.05
+_MAX_HALVINGS = 6
 #: Checks of the forget accuracy per run (the landing rule's checkpoints).
 _CHECKS = 20
 #: A run that lands further than this from a known target warns.
@@ -387,21 +397,20 @@ class _NeuralUnlearner(Unlearner):
             X_h, y_h = X_h[:_CHECK_SAMPLE], y_h[:_CHECK_SAMPLE]
             holdout_before = self._accuracy(X_h, y_h)
 
-        def score(forget_acc: float, retain_acc: float) -> float:
-            # a proxy of the average gap to retraining: forget accuracy off its target,
-            # retained (and, with a reference set, held-out) accuracy lost
-            value = abs(forget_acc - target) + _DAMAGE * max(0.0, retain_before - retain_acc)
+        def score(forget_acc: float, retain_acc: float) -> tuple[float, float]:
+            """(landing score, damage): a proxy of the average gap to retraining, forget
+            accuracy off its target plus accuracy lost on retained and held-out records."""
+            damage = max(0.0, retain_before - retain_acc)
             if holdout is not None:
-                value += _DAMAGE * max(0.0, holdout_before - self._accuracy(X_h, y_h))
-            return value
+                damage = max(damage, holdout_before - self._accuracy(X_h, y_h))
+            return abs(forget_acc - target) + _DAMAGE * damage, damage
 
-        best_score = score(forget_before, retain_before)
+        best_score, _ = score(forget_before, retain_before)
         best_step, best_state = 0, self._module_state()
         best_accs = (forget_before, retain_before)
         every = max(1, steps // max(1, checks))
-        done = steps_taken = 0
+        steps_taken = since = halvings = 0
         diverged = reached = False
-        forget_acc = forget_before
         if forget_before <= target:
             reached = True
         while steps_taken < steps and not (reached or diverged):
@@ -411,25 +420,34 @@ class _NeuralUnlearner(Unlearner):
             if after_step is not None:
                 after_step()
             steps_taken += 1
-            # regular checks, plus checks at steps 1, 2, 4, 8, ... before the first one:
+            since += 1
+            # regular checks, plus checks at steps 1, 2, 4, 8, ... of every (re)start:
             # ascent and random labels can cross the target within the first few steps
-            early = steps_taken < every and steps_taken & (steps_taken - 1) == 0
-            if early or steps_taken % every == 0 or steps_taken == steps:
-                forget_acc, finite = predict_labels(self._module, X_f, with_finite=True)
-                forget_acc = float((forget_acc == y_f).float().mean())
-                if not finite:
-                    self._roll_back()
-                    diverged = True
+            early = since < every and since & (since - 1) == 0
+            if not (early or steps_taken % every == 0 or steps_taken == steps):
+                continue
+            labels, finite = predict_labels(self._module, X_f, with_finite=True)
+            forget_acc = float((labels == y_f).float().mean())
+            retain_acc = self._accuracy(X_r, y_r)
+            current, damage = score(forget_acc, retain_acc) if finite else (math.inf, 1.0)
+            if current < best_score:
+                best_score, best_step = current, steps_taken
+                best_state = self._module_state()
+                best_accs = (forget_acc, retain_acc)
+            if damage > _WRECKED:
+                # the step size is too large for this network: back to the best checkpoint,
+                # half the learning rate, forget the momentum (a backtracking line search)
+                if halvings == _MAX_HALVINGS:
                     break
-                retain_acc = self._accuracy(X_r, y_r)
-                current = score(forget_acc, retain_acc)
-                if current < best_score:
-                    best_score, best_step = current, steps_taken
-                    best_state = self._module_state()
-                    best_accs = (forget_acc, retain_acc)
-                reached = forget_acc <= target
-        if best_step != steps_taken or diverged:
-            self._module.load_state_dict(best_state)
+                halvings += 1
+                self._module.load_state_dict(best_state)
+                optimizer.state.clear()
+                for group in optimizer.param_groups:
+                    group["lr"] *= 0.5
+                since = 0
+                continue
+            reached = forget_acc <= target
+        self._module.load_state_dict(best_state)
         self._finish()
         done = best_step
         forget_after, retain_after = best_accs
@@ -450,6 +468,7 @@ class _NeuralUnlearner(Unlearner):
             "target_reached": float(abs(forget_after - target) <= tolerance),
             "target_missed": float(missed),
             "diverged": float(diverged),
+            "lr_halvings": float(halvings),
         }
         if missed or diverged:
             why = "diverged (rolled back)" if diverged else "stopped"
