@@ -26,8 +26,9 @@ Design of the deletion loop
   (forward passes over the forget set and a retain sample) come on top; ``seconds`` counts
   everything, masks and teacher copies included.
 * **Checks and landing.** Every ``1/20`` of the budget (and after steps 1, 2, 4, 8, ...
-  before that) the loop measures the forget accuracy and the accuracy on fixed samples of
-  at most 1,000 retained (and held-out) records. It stops as soon as the
+  before that) the loop measures the accuracy on fixed samples of forget, retained (and
+  held-out) records: 300 to 1,000 of each, sized so that the checks cost at most about
+  half of the steps. It stops as soon as the
   forget accuracy reaches the target, and keeps the checkpoint that scores best on
   ``|forget accuracy - target| + 3 * (retained or held-out accuracy lost)``: the rewind of
   SCRUB+R (rewind to the checkpoint whose forget error is closest to the reference error).
@@ -73,6 +74,7 @@ __all__: list[str] = []
 _BN_MODES = ("train", "eval")
 #: At most this many forget, retained and held-out records are checked (fixed samples).
 _CHECK_SAMPLE = 1000
+_MIN_CHECK = 300
 #: Weight of accuracy lost on retained and held-out records in the landing score: the
 #: target is an estimate, lost accuracy is damage, so a point of damage costs three points
 #: of distance to the target.
@@ -378,10 +380,14 @@ class _NeuralUnlearner(Unlearner):
         _, generator = _seed_generators(self.seed, 10_000 + self._request_index())
         X_f, y_f = self._inputs(change.before), self._labels(change.before.y)
         # the checks watch fixed, seeded samples: their cost stays small next to the steps
-        checked = torch.randperm(len(change.before), generator=generator)[:_CHECK_SAMPLE]
+        # checks forward at most ~half of what the steps forward and backward (one
+        # backward ~ two forwards), within [_MIN_CHECK, _CHECK_SAMPLE] records per set
+        share = 0.5 * 3 * steps * records_per_step / (3 * max(1, checks))
+        n_check = int(min(_CHECK_SAMPLE, max(_MIN_CHECK, share)))
+        checked = torch.randperm(len(change.before), generator=generator)[:n_check]
         X_f, y_f = X_f[checked.to(X_f.device)], y_f[checked.to(y_f.device)]
         retain = change.result
-        sample = torch.randperm(len(retain), generator=generator)[:_CHECK_SAMPLE].numpy()
+        sample = torch.randperm(len(retain), generator=generator)[:n_check].numpy()
         sample_data = retain.take(np.sort(sample))
         X_r, y_r = self._inputs(sample_data), self._labels(sample_data.y)
 
@@ -394,7 +400,7 @@ class _NeuralUnlearner(Unlearner):
         holdout = getattr(self, "holdout_", None)
         if holdout is not None:
             X_h, y_h = self._inputs(holdout), self._labels(holdout.y)
-            X_h, y_h = X_h[:_CHECK_SAMPLE], y_h[:_CHECK_SAMPLE]
+            X_h, y_h = X_h[:n_check], y_h[:n_check]
             holdout_before = self._accuracy(X_h, y_h)
 
         def score(forget_acc: float, retain_acc: float) -> tuple[float, float]:
