@@ -480,10 +480,9 @@ class _NeuralUnlearner(Unlearner):
             why = "diverged (rolled back)" if diverged else "stopped"
             warnings.warn(
                 f"{self.name}: {why} with forget accuracy {forget_after:.3f}, target "
-                f"{target:.3f} ({source}); see diagnostics (raise the budget or the lr, or "
-                "pass a holdout set)",
+                f"{target:.3f} ({source}); see diagnostics (a larger budget may reach it)",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         return diagnostics
 
