@@ -87,7 +87,8 @@ def _random_ids(train: Dataset, seed: int) -> np.ndarray:
 
 # -- class-wise deletion: forget accuracy 0, as retraining -----------------------------------
 @pytest.mark.parametrize("name", DELETION)
-def test_classwise_deletion_lands_on_retraining(name, data, trained):
+@pytest.mark.parametrize("with_holdout", [False, True], ids=["no-holdout", "holdout"])
+def test_classwise_deletion_lands_on_retraining(name, with_holdout, data, trained):
     train, holdout, evaluation = data
     ids = train.ids[train.y == 1]
     retrained = _retrained(trained, train, ids)
@@ -98,7 +99,9 @@ def test_classwise_deletion_lands_on_retraining(name, data, trained):
     none_gap, _ = _avg_gap(trained, train, ids, evaluation, retrained)
     assert none_gap > 40
 
-    unlearner = ob.unlearners.create(name, trained).attach(train)
+    # the deleted class's held-out records must neither set the target nor count as damage
+    unlearner = ob.unlearners.create(name, trained)
+    unlearner.attach(train, holdout=holdout if with_holdout else None)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a run that reaches its target does not warn
         result = unlearner.forget(Remove(ids=ids))

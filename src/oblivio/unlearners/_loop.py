@@ -33,7 +33,9 @@ Design of the deletion loop
   ``|forget accuracy - target| + 3 * (retained or held-out accuracy lost)``: the rewind of
   SCRUB+R (rewind to the checkpoint whose forget error is closest to the reference error).
   The start counts as a checkpoint, so the loop never ends with a worse score than it
-  began (a run that cannot improve leaves the model as it was, and says so).
+  began (a run that cannot improve leaves the model as it was, and says so), and a
+  checkpoint that lost more than 5 points is never kept. Held-out records of a deleted
+  class are left out of the checks (retraining is meant to lose them).
 * **Fallback without a reference set.** For records of classes still present, no target can
   be known from training data alone (a model that memorised its training set is 100 %
   accurate on all of it). The loop then aims at ``min(forget, retained accuracy) - 0.02``
@@ -343,11 +345,21 @@ class _NeuralUnlearner(Unlearner):
         records = budget * epochs * len(self.train_)
         return max(1, math.ceil(records / max(1, records_per_step)))
 
+    def _present_holdout(self, change: Change) -> Dataset | None:
+        """The reference records of classes that keep training records: a deleted class's
+        held-out records are *meant* to lose their accuracy (retraining never predicts it),
+        so they neither set the target nor count as damage."""
+        holdout = getattr(self, "holdout_", None)
+        if holdout is None:
+            return None
+        keep = np.isin(holdout.y, np.unique(change.result.y))
+        return holdout.take(np.flatnonzero(keep)) if keep.any() else None
+
     def _deletion_target(self, change: Change) -> tuple[float, str, float]:
         """(target forget accuracy, its source, the reference set's accuracy or nan)."""
         forget = change.before
         present = np.isin(forget.y, np.unique(change.result.y))
-        holdout = getattr(self, "holdout_", None)
+        holdout = self._present_holdout(change)
         reference = float("nan")
         if holdout is not None:
             X_h, y_h = self._inputs(holdout), self._labels(holdout.y)
@@ -397,7 +409,7 @@ class _NeuralUnlearner(Unlearner):
         if source == "fallback":
             target = max(0.0, min(forget_before, retain_before) - fallback_drop)
 
-        holdout = getattr(self, "holdout_", None)
+        holdout = self._present_holdout(change)
         if holdout is not None:
             X_h, y_h = self._inputs(holdout), self._labels(holdout.y)
             X_h, y_h = X_h[:n_check], y_h[:n_check]
@@ -436,7 +448,7 @@ class _NeuralUnlearner(Unlearner):
             forget_acc = float((labels == y_f).float().mean())
             retain_acc = self._accuracy(X_r, y_r)
             current, damage = score(forget_acc, retain_acc) if finite else (math.inf, 1.0)
-            if current < best_score:
+            if current < best_score and damage <= _WRECKED:  # a wrecked model never lands
                 best_score, best_step = current, steps_taken
                 best_state = self._module_state()
                 best_accs = (forget_acc, retain_acc)
