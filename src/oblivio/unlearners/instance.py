@@ -12,8 +12,12 @@ retraining (use them through ``attach(train)`` on a model you trained, or ``fit`
   the retained records with their true labels when ``use_retain=True``);
 * ``"finetune"`` — a few epochs of fine-tuning on the retained records only.
 
-The forget-driven methods stop as soon as every forget record is misclassified (or, for
-relabel requests with L2UL, predicted as its new label), or at an epoch cap; the stopping
+Goals (``goals`` / ``goal``): ``l2ul`` serves **correction** (every forget record
+misclassified, or, for relabel requests, predicted as its new label); ``finetune`` serves
+**deletion** (be where retraining would be); ``gradient-ascent`` and ``random-labels``
+serve both, deletion by default (``goal="correction"`` gives their L2UL-style behaviour).
+In correction the forget-driven methods stop as soon as the goal is reached, or at an epoch
+cap; in deletion they run the shared loop of :mod:`oblivio.unlearners._loop`. The stopping
 reason, the number of optimiser steps and the final forget accuracy are reported in
 ``UnlearnResult.diagnostics``.
 """
