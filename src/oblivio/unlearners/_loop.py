@@ -34,13 +34,13 @@ Design of the deletion loop
   SCRUB+R (rewind to the checkpoint whose forget error is closest to the reference error).
   The start counts as a checkpoint, so the loop never ends with a worse score than it
   began (a run that cannot improve leaves the model as it was, and says so), and a
-  checkpoint that lost more than 5 points is never kept. Held-out records of a deleted
+  checkpoint that lost more than 3 points is never kept. Held-out records of a deleted
   class are left out of the checks (retraining is meant to lose them).
 * **Fallback without a reference set.** For records of classes still present, no target can
   be known from training data alone (a model that memorised its training set is 100 %
   accurate on all of it). The loop then aims at ``min(forget, retained accuracy) - 0.02``
   (a modest, conservative move) and reports ``target_known = 0``.
-* **Backtracking.** A check that finds more than 5 points of accuracy lost on the retained
+* **Backtracking.** A check that finds more than 3 points of accuracy lost on the retained
   (or held-out) sample means the step size is too large for this network: the loop goes
   back to the best checkpoint, halves the learning rate, drops the momentum and goes on
   (at most 6 times; ``diagnostics["lr_halvings"]``). The same defaults then serve nets
@@ -83,7 +83,7 @@ _MIN_CHECK = 300
 _DAMAGE = 3.0
 #: A check that finds more accuracy lost than this (retained or held-out records) backtracks:
 #: best checkpoint, half the learning rate; at most ``_MAX_HALVINGS`` times.
-_WRECKED = 0.05
+_WRECKED = 0.03
 _MAX_HALVINGS = 6
 #: Checks of the forget accuracy per run (the landing rule's checkpoints).
 _CHECKS = 20
