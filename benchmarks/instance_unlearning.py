@@ -60,7 +60,7 @@ def _unlearner(method: str, model: TorchModel, seed: int, args: argparse.Namespa
     """The unlearner behind a table row (library defaults unless an option says otherwise)."""
     loss = {"forget_loss": args.forget_loss}
     if method == "GA":
-        return ob.unlearners.create("gradient-ascent", model, seed=seed, **loss)
+        return ob.unlearners.create("gradient-ascent", model, goal="correction", seed=seed, **loss)
     if method == "+adv":
         return ob.unlearners.create("l2ul", model, importance=False, seed=seed, **loss)
     if method == "+adv+imp":
@@ -68,7 +68,9 @@ def _unlearner(method: str, model: TorchModel, seed: int, args: argparse.Namespa
     if method == "fine-tune":
         return ob.unlearners.create("finetune", model, epochs=args.ft_epochs, seed=seed)
     if method == "random labels":
-        return ob.unlearners.create("random-labels", model, use_retain=True, seed=seed)
+        return ob.unlearners.create(
+            "random-labels", model, goal="correction", use_retain=True, seed=seed
+        )
     raise ValueError(method)
 
 

@@ -200,9 +200,9 @@ def test_predict_labels_flags_overflowed_outputs():
 METHODS = {
     "l2ul": dict(lr=1e-2),
     "l2ul-noadv": dict(adversarial=False, lr=1e-2),
-    "gradient-ascent": {},
-    "random-labels": {},
-    "random-labels+retain": dict(use_retain=True, lr=3e-2),
+    "gradient-ascent": dict(goal="correction"),
+    "random-labels": dict(goal="correction"),
+    "random-labels+retain": dict(goal="correction", use_retain=True, lr=3e-2),
 }
 
 
@@ -240,7 +240,7 @@ def test_forget_reaches_the_stopping_target(name, digits01, trained):
 def test_stopping_at_the_epoch_cap_is_reported(digits01, trained):
     train, _ = digits01
     ids = _forget_ids(train, trained, 10, seed=2)
-    unlearner = GradientAscent(trained, lr=1e-6, max_epochs=3).attach(train)
+    unlearner = GradientAscent(trained, goal="correction", lr=1e-6, max_epochs=3).attach(train)
     with pytest.warns(ob.UnlearningWarning, match="not every forget record reached its goal"):
         d = unlearner.forget(Remove(ids=ids)).diagnostics
     assert d == {
@@ -288,10 +288,14 @@ def test_finetune_trains_on_retained_records_for_its_epochs(digits01, trained):
 def test_needs_are_declared():
     model = _mlp_model()
     assert L2UL(model).needs == frozenset({"forget"})
-    assert GradientAscent(model).needs == frozenset({"forget"})
+    assert GradientAscent(model, goal="correction").needs == frozenset({"forget"})
+    assert GradientAscent(model).needs == frozenset({"forget", "retain"})  # deletion
     assert FineTune(model).needs == frozenset({"retain"})
-    assert RandomLabels(model).needs == frozenset({"forget"})
-    assert RandomLabels(model, use_retain=True).needs == frozenset({"forget", "retain"})
+    assert RandomLabels(model, goal="correction").needs == frozenset({"forget"})
+    assert RandomLabels(model, goal="correction", use_retain=True).needs == frozenset(
+        {"forget", "retain"}
+    )
+    assert RandomLabels(model).needs == frozenset({"forget", "retain"})  # deletion
     assert not any(cls.exact for cls in (L2UL, GradientAscent, FineTune, RandomLabels))
 
 
@@ -387,7 +391,7 @@ def test_negative_ce_runs_away_where_the_complement_loss_reaches_the_goal(digits
     train, test = digits01
     ids = _forget_ids(train, trained, 12, seed=1)
     assert 8 in train.select(ids).y
-    runaway = GradientAscent(trained, forget_loss="neg-ce").attach(train)
+    runaway = GradientAscent(trained, goal="correction", forget_loss="neg-ce").attach(train)
     d = runaway.forget(Remove(ids=ids)).diagnostics
     assert d["goal_reached"] == 0.0 and d["diverged"] == 1.0 and d["stopped_by_cap"] == 0.0
     assert d["forget_accuracy"] > 0.0 and d["steps"] < 1000
@@ -395,7 +399,8 @@ def test_negative_ce_runs_away_where_the_complement_loss_reaches_the_goal(digits
     assert bool(torch.isfinite(runaway.model_.theta).all())
     assert np.isfinite(runaway.model_.predict_proba(test.X)).all()
     assert accuracy(runaway, test) < 0.15  # collapsed into one class
-    reached = GradientAscent(trained).attach(train).forget(Remove(ids=ids)).diagnostics
+    reached = GradientAscent(trained, goal="correction").attach(train)
+    reached = reached.forget(Remove(ids=ids)).diagnostics
     assert reached["goal_reached"] == 1.0 and reached["steps"] < 50
 
 
@@ -503,7 +508,7 @@ def test_l2ul_loses_no_more_test_accuracy_than_gradient_ascent_mlp(digits01, tra
         k=16,
         seeds=range(3),
         l2ul_options={"lr": 1e-2},
-        ga_options={},
+        ga_options=dict(goal="correction"),
     )
     assert drops["gradient-ascent"] > 0.0  # non-vacuity: the naive method does lose accuracy
     assert drops["l2ul"] <= drops["gradient-ascent"]
@@ -525,7 +530,7 @@ def test_l2ul_loses_no_more_test_accuracy_than_gradient_ascent_cnn():
         k=16,
         seeds=range(3),
         l2ul_options={"lr": 1e-2, "n_adv": 10, "pgd_steps": 10},
-        ga_options={},
+        ga_options=dict(goal="correction"),
     )
     assert drops["gradient-ascent"] > 0.0
     assert drops["l2ul"] <= drops["gradient-ascent"]

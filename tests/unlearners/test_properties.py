@@ -46,7 +46,7 @@ def _unlearner(name: str):
         "random-labels": {"max_epochs": 1},
         "l2ul": {"max_epochs": 1},
     }.get(name, {})
-    neural = name in ("finetune", "gradient-ascent", "random-labels", "l2ul")
+    neural = bool(getattr(ob.unlearners.get(name), "goals", ()))  # neural methods name a goal
     if name == "certified":
         model = LogisticRegression(l2=0.1, multi_class="ovr")
     else:

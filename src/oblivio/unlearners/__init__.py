@@ -18,6 +18,7 @@ from oblivio.unlearners.base import (
     register,
 )
 from oblivio.unlearners.certified import CertifiedRemoval
+from oblivio.unlearners.deletion import SCRUB, L1Sparse, NegGradPlus, SalUn
 from oblivio.unlearners.influence import FirstOrder, SecondOrder
 from oblivio.unlearners.instance import L2UL, FineTune, GradientAscent, RandomLabels
 from oblivio.unlearners.retrain import Retrain
@@ -31,6 +32,10 @@ __all__ = [
     "FineTune",
     "GradientAscent",
     "L2UL",
+    "L1Sparse",
+    "NegGradPlus",
+    "SalUn",
+    "SCRUB",
     "RandomLabels",
     "SecondOrder",
     "Outcome",

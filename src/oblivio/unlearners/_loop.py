@@ -1,0 +1,536 @@
+"""The shared machinery of neural unlearning: one training loop, goals, budgets, landing.
+
+Every neural unlearner derives from :class:`_NeuralUnlearner`: module access, seeded
+randomness, one SGD step with divergence roll-back, snapshot/restore, and, for the
+**deletion** goal, one loop (:meth:`_NeuralUnlearner._deletion_loop`) that the methods of
+:mod:`oblivio.unlearners.deletion` and the deletion modes of ``gradient-ascent`` and
+``random-labels`` share. A method supplies only the loss of each optimiser step (and, for
+SalUn, a mask); the loop owns the rest.
+
+Design of the deletion loop
+---------------------------
+* **Goal.** Deletion aims at the model retraining would give, not at forgetting as much as
+  possible: a retrained model still classifies random forgotten records about as well as
+  unseen records (forget accuracy ~ test accuracy) and never predicts a class it has no
+  record of (forget accuracy ~ 0 for a deleted class). Over-forgetting is as visible to a
+  membership-inference attack as no forgetting.
+* **Target.** Before the first step the loop sets the forget accuracy to aim for: 0 for
+  forget records whose class has no record left in the training set; for the others, the
+  current model's accuracy on a held-out **reference set** of records it never trained on
+  (``attach(train, holdout=...)`` / ``fit(train, holdout=...)``), the estimate SCRUB's
+  rewind rule uses (Kurmanji et al., NeurIPS 2023, Sec. 4, "SCRUB+R"). Without a reference
+  set the target of those records is their accuracy under the fallback rule below.
+* **Budget.** The work of one request is a stated fraction ``budget`` of the original
+  training, counted in records through forward/backward passes: ``budget * epochs *
+  n_train`` where ``epochs`` is the model's training recipe (``TorchModel.epochs``). Checks
+  (forward passes over the forget set and a retain sample) come on top; ``seconds`` counts
+  everything, masks and teacher copies included.
+* **Checks and landing.** Every ``1/20`` of the budget (and after steps 1, 2, 4, 8, ...
+  before that) the loop measures the accuracy on fixed samples of forget, retained (and
+  held-out) records: 300 to 1,000 of each, sized so that the checks cost at most about
+  half of the steps. It stops as soon as the
+  forget accuracy reaches the target, and keeps the checkpoint that scores best on
+  ``|forget accuracy - target| + 3 * (retained or held-out accuracy lost)``: the rewind of
+  SCRUB+R (rewind to the checkpoint whose forget error is closest to the reference error).
+  The start counts as a checkpoint, so the loop never ends with a worse score than it
+  began (a run that cannot improve leaves the model as it was, and says so), and a
+  checkpoint that lost more than 3 points is never kept. Held-out records of a deleted
+  class are left out of the checks (retraining is meant to lose them).
+* **Fallback without a reference set.** For records of classes still present, no target can
+  be known from training data alone (a model that memorised its training set is 100 %
+  accurate on all of it). The loop then aims at ``min(forget, retained accuracy) - 0.02``
+  (a modest, conservative move) and reports ``target_known = 0``.
+* **Backtracking.** A check that finds more than 3 points of accuracy lost on the retained
+  (or held-out) sample means the step size is too large for this network: the loop goes
+  back to the best checkpoint, halves the learning rate, drops the momentum and goes on
+  (at most 6 times; ``diagnostics["lr_halvings"]``). The same defaults then serve nets
+  trained with Adam (sharp minima, where one SGD step at lr 0.05 can cost 10 points) and
+  with SGD. The steps spent before a backtrack count against the budget.
+* **Divergence.** A non-finite loss or gradient rolls the step back (to the last finite
+  parameters) and ends the run; the landing rule then picks the best checkpoint so far.
+* **Reporting.** ``diagnostics`` holds the target, its source, the forget and retain-sample
+  accuracies before and after, steps, the records processed as a fraction of the original
+  training (``work_fraction``), whether the target was reached and whether the run
+  diverged. A run that ends more than 3 points from a known target warns
+  (``warnings.warn``) and says so in ``diagnostics["target_missed"]``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from oblivio.data import Change, Dataset
+from oblivio.models.base import Model
+from oblivio.unlearners._neural import as_inputs, module_device, predict_labels
+from oblivio.unlearners._persist import LoadError, StateError, dataset_arrays, dataset_from
+from oblivio.unlearners.base import Unlearner
+
+__all__: list[str] = []
+
+_BN_MODES = ("train", "eval")
+#: At most this many forget, retained and held-out records are checked (fixed samples).
+_CHECK_SAMPLE = 1000
+_MIN_CHECK = 300
+#: Weight of accuracy lost on retained and held-out records in the landing score: the
+#: target is an estimate, lost accuracy is damage, so a point of damage costs three points
+#: of distance to the target.
+_DAMAGE = 3.0
+#: A check that finds more accuracy lost than this (retained or held-out records) backtracks:
+#: best checkpoint, half the learning rate; at most ``_MAX_HALVINGS`` times.
+_WRECKED = 0.03
+_MAX_HALVINGS = 6
+#: Checks of the forget accuracy per run (the landing rule's checkpoints).
+_CHECKS = 20
+#: A run that lands further than this from a known target warns.
+_TOLERANCE = 0.03
+#: Without a reference set, records of classes still present aim at the retain-sample
+#: accuracy minus this (a conservative move; see the module docstring).
+_FALLBACK_DROP = 0.02
+
+
+def random_other_labels(
+    labels: torch.Tensor, n_classes: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Labels drawn uniformly from the classes other than ``labels`` (SalUn, Eq. 8)."""
+    shift = torch.randint(1, n_classes, labels.shape, generator=generator)
+    return (labels + shift.to(labels.device)) % n_classes
+
+
+def check_budget(budget: Any) -> None:
+    if not (isinstance(budget, (int, float)) and 0 < budget <= 10):
+        raise ValueError(
+            f"budget (a fraction of the original training) must lie in (0, 10], got {budget!r}"
+        )
+
+
+class _Stream:
+    """Seeded, shuffled mini-batches of ``(X, y)``, cycling through passes."""
+
+    def __init__(
+        self, X: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator
+    ) -> None:
+        self.X, self.y, self.batch_size, self.generator = X, y, batch_size, generator
+        self._order: torch.Tensor | None = None
+        self._at = 0
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The next batch ``(X, y, positions)``."""
+        n = len(self)
+        if self._order is None or self._at >= n:
+            self._order = torch.randperm(n, generator=self.generator).to(self.X.device)
+            self._at = 0
+        index = self._order[self._at : self._at + self.batch_size]
+        self._at += self.batch_size
+        return self.X[index], self.y[index], index
+
+
+def _seed_generators(seed: int, counter: int) -> tuple[np.random.Generator, torch.Generator]:
+    sequence = np.random.SeedSequence([int(seed), int(counter)])
+    rng = np.random.default_rng(sequence)
+    generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+    return rng, generator
+
+
+class _NeuralUnlearner(Unlearner):
+    """Shared machinery: module access, SGD with roll-back, seeded randomness, goals, the
+    deletion loop, an optional held-out reference set, state.
+
+    ``goals`` names what the method can aim for (``"deletion"``: be where retraining would
+    be; ``"correction"``: stop predicting the original labels); ``goal`` is the one this
+    instance aims for (the first of ``goals`` unless the class takes a ``goal`` option).
+    """
+
+    exact = False
+    goals: ClassVar[tuple[str, ...]] = ("deletion",)
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        lr: float,
+        batch_size: int,
+        momentum: float,
+        weight_decay: float,
+        bn_mode: str,
+        seed: int,
+        max_epochs: int | None = None,
+    ) -> None:
+        super().__init__(model)
+        self.goal = self.goals[0]
+        self.lr = lr
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.bn_mode = bn_mode
+        self.seed = seed
+
+    # -- checks ----------------------------------------------------------------------------
+    def _check_params(self) -> None:
+        if not (isinstance(self._lr(), (int, float)) and self._lr() > 0):
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        epochs = self.max_epochs
+        if epochs is not None and not (isinstance(epochs, (int, np.integer)) and epochs >= 1):
+            raise ValueError(f"max_epochs must be an integer >= 1, got {self.max_epochs!r}")
+        if not (isinstance(self.batch_size, (int, np.integer)) and self.batch_size >= 1):
+            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {self.momentum!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.bn_mode not in _BN_MODES:
+            raise ValueError(f"bn_mode must be one of {_BN_MODES}, got {self.bn_mode!r}")
+        self._check_goal()
+
+    def _prepare(self) -> None:
+        module = getattr(self.model_, "module_", None)
+        if not isinstance(module, nn.Module):
+            raise TypeError(
+                f"{type(self).__name__} unlearns neural networks: it needs a fitted TorchModel "
+                f"(with a module_), got {type(self.model_).__name__}"
+            )
+        self.n_classes_ = len(self.train_.classes)
+        self._prepare_holdout()
+
+    @property
+    def _module(self) -> nn.Module:
+        return self.model_.module_
+
+    def _inputs(self, data: Dataset) -> torch.Tensor:
+        return as_inputs(data.X, self._module)
+
+    def _labels(self, y: np.ndarray) -> torch.Tensor:
+        return torch.tensor(np.asarray(y), dtype=torch.long, device=module_device(self._module))
+
+    def _request_index(self) -> int:
+        """How many requests changed something so far: seeds this request's randomness.
+
+        Empty requests (recorded in ``history_`` but a no-op) do not count, so the same
+        sequence of effective requests gives the same model (``check_unlearner``).
+        """
+        return sum(1 for r in self.history_ if r.n_affected > 0)
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self._module.parameters() if p.requires_grad]
+        self._last_good: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+        return torch.optim.SGD(
+            params, lr=self._lr(), momentum=self.momentum, weight_decay=self.weight_decay
+        )
+
+    def _lr(self) -> float:
+        """The learning rate in use (methods with goal-dependent defaults override)."""
+        return self.lr
+
+    def _step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
+        """One SGD step on ``loss``; False (and no step) when the loss or a gradient is not
+        finite. Gradient ascent can diverge: the parameters then go back to where the
+        previous step started, the last point whose loss and gradients were finite (the
+        step from there can already overflow the outputs on other inputs).
+        """
+        if not bool(torch.isfinite(loss.detach())):
+            self._roll_back()
+            return False
+        optimizer.zero_grad(set_to_none=True)  # never accumulate across batches (pitfall 4)
+        loss.backward()
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for p in params:
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                optimizer.zero_grad(set_to_none=True)
+                self._roll_back()
+                return False
+        with torch.no_grad():
+            if self._last_good is None:
+                self._last_good = (params, [p.detach().clone() for p in params])
+            else:
+                for saved, p in zip(self._last_good[1], params, strict=True):
+                    saved.copy_(p)
+        optimizer.step()
+        return True
+
+    def _roll_back(self) -> None:
+        if self._last_good is not None:
+            with torch.no_grad():
+                for p, saved in zip(*self._last_good, strict=True):
+                    p.copy_(saved)
+
+    def _accuracy(self, X: torch.Tensor, y: torch.Tensor) -> float:
+        if X.shape[0] == 0:
+            return float("nan")
+        return float((predict_labels(self._module, X) == y).float().mean())
+
+    def _snapshot(self) -> Any:
+        # every trainable parameter and buffer moves, not only theta: keep the whole state
+        return {k: v.detach().clone() for k, v in self._module.state_dict().items()}
+
+    def _restore(self, state: Any) -> None:
+        self._module.load_state_dict(state)
+
+    def _finish(self) -> None:
+        """Leave the module in eval mode (how TorchModel predicts) without stale gradients."""
+        self._module.eval()
+        for p in self._module.parameters():
+            p.grad = None
+
+    # -- goals and the reference set -----------------------------------------------------
+    def _check_goal(self) -> None:
+        if self.goal not in self.goals:
+            raise ValueError(
+                f"goal must be one of {self.goals} for {type(self).__name__}, got {self.goal!r}"
+            )
+
+    def fit(self, train: Dataset, *, holdout: Dataset | None = None) -> _NeuralUnlearner:
+        """Train ``model_`` on ``train``; ``holdout``: records never trained on (optional).
+
+        The held-out records set the forget accuracy that deletion aims for (see the
+        module docstring); they are kept (and saved) with the unlearner.
+        """
+        self._pending_holdout = self._check_holdout(holdout)
+        return super().fit(train)
+
+    def attach(self, train: Dataset, *, holdout: Dataset | None = None) -> _NeuralUnlearner:
+        """Adopt a model trained on exactly ``train``; ``holdout`` as for :meth:`fit`."""
+        self._pending_holdout = self._check_holdout(holdout)
+        return super().attach(train)
+
+    def _check_holdout(self, holdout: Dataset | None) -> Dataset | None:
+        if holdout is None:
+            return None
+        if not isinstance(holdout, Dataset):
+            raise TypeError(f"holdout must be a Dataset, got {type(holdout).__name__}")
+        if len(holdout) == 0:
+            raise ValueError("holdout is empty; pass None for no reference set")
+        return holdout
+
+    def _prepare_holdout(self) -> None:
+        self.holdout_ = getattr(self, "_pending_holdout", None)
+        self._pending_holdout = None
+        holdout = self.holdout_
+        if holdout is not None and holdout.X.shape[1:] != self.train_.X.shape[1:]:
+            raise ValueError(
+                f"holdout records have shape {holdout.X.shape[1:]}, the training records "
+                f"{self.train_.X.shape[1:]}"
+            )
+
+    def _holdout_state(self) -> dict[str, np.ndarray]:
+        if getattr(self, "holdout_", None) is None:
+            return {}
+        return dataset_arrays("holdout__", self.holdout_)
+
+    def _set_holdout_state(self, arrays: dict[str, np.ndarray]) -> None:
+        self.holdout_ = None
+        if "holdout__y" in arrays:
+            try:
+                self.holdout_ = dataset_from(
+                    Path("holdout"), "holdout__", arrays, {"name": "holdout"}
+                )
+            except LoadError as error:
+                raise StateError("holdout", str(error)) from None
+
+    def _state(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        return {}, self._holdout_state()
+
+    def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        self.n_classes_ = len(self.train_.classes)
+        self._set_holdout_state(arrays)
+
+    # -- the deletion loop ---------------------------------------------------------------
+    def _budget_steps(self, budget: float, records_per_step: int) -> int:
+        """Optimiser steps that process ``budget`` x the records of the original training."""
+        epochs = getattr(self.model_, "epochs", None)
+        epochs = 1 if not isinstance(epochs, (int, np.integer)) or epochs < 1 else int(epochs)
+        records = budget * epochs * len(self.train_)
+        return max(1, math.ceil(records / max(1, records_per_step)))
+
+    def _present_holdout(self, change: Change) -> Dataset | None:
+        """The reference records of classes that keep training records: a deleted class's
+        held-out records are *meant* to lose their accuracy (retraining never predicts it),
+        so they neither set the target nor count as damage."""
+        holdout = getattr(self, "holdout_", None)
+        if holdout is None:
+            return None
+        keep = np.isin(holdout.y, np.unique(change.result.y))
+        return holdout.take(np.flatnonzero(keep)) if keep.any() else None
+
+    def _deletion_target(self, change: Change) -> tuple[float, str, float]:
+        """(target forget accuracy, its source, the reference set's accuracy or nan)."""
+        forget = change.before
+        present = np.isin(forget.y, np.unique(change.result.y))
+        holdout = self._present_holdout(change)
+        reference = float("nan")
+        if holdout is not None:
+            X_h, y_h = self._inputs(holdout), self._labels(holdout.y)
+            reference = self._accuracy(X_h, y_h)
+        if not present.any():
+            return 0.0, "absent-class", reference
+        if holdout is not None:
+            return float(present.mean()) * reference, "holdout", reference
+        return float("nan"), "fallback", reference
+
+    def _deletion_loop(
+        self,
+        change: Change,
+        loss_of_step: Callable[[int], torch.Tensor],
+        *,
+        steps: int,
+        optimizer: torch.optim.Optimizer,
+        checks: int,
+        fallback_drop: float,
+        tolerance: float,
+        after_step: Callable[[], None] | None = None,
+        records_per_step: int = 0,
+    ) -> dict[str, float]:
+        """Run ``steps`` optimiser steps of ``loss_of_step`` and land (module docstring).
+
+        ``loss_of_step(step)`` returns the loss of step ``step`` (from 0);
+        ``after_step()`` runs after every successful step (e.g. a mask restoring frozen
+        weights). Returns the diagnostics.
+        """
+        _, generator = _seed_generators(self.seed, 10_000 + self._request_index())
+        X_f, y_f = self._inputs(change.before), self._labels(change.before.y)
+        # the checks watch fixed, seeded samples: their cost stays small next to the steps
+        # checks forward at most ~half of what the steps forward and backward (one
+        # backward ~ two forwards), within [_MIN_CHECK, _CHECK_SAMPLE] records per set
+        share = 0.5 * 3 * steps * records_per_step / (3 * max(1, checks))
+        n_check = int(min(_CHECK_SAMPLE, max(_MIN_CHECK, share)))
+        checked = torch.randperm(len(change.before), generator=generator)[:n_check]
+        X_f, y_f = X_f[checked.to(X_f.device)], y_f[checked.to(y_f.device)]
+        retain = change.result
+        sample = torch.randperm(len(retain), generator=generator)[:n_check].numpy()
+        sample_data = retain.take(np.sort(sample))
+        X_r, y_r = self._inputs(sample_data), self._labels(sample_data.y)
+
+        target, source, reference = self._deletion_target(change)
+        forget_before = self._accuracy(X_f, y_f)
+        retain_before = self._accuracy(X_r, y_r)
+        if source == "fallback":
+            target = max(0.0, min(forget_before, retain_before) - fallback_drop)
+
+        holdout = self._present_holdout(change)
+        if holdout is not None:
+            X_h, y_h = self._inputs(holdout), self._labels(holdout.y)
+            X_h, y_h = X_h[:n_check], y_h[:n_check]
+            holdout_before = self._accuracy(X_h, y_h)
+
+        def score(forget_acc: float, retain_acc: float) -> tuple[float, float]:
+            """(landing score, damage): a proxy of the average gap to retraining, forget
+            accuracy off its target plus accuracy lost on retained and held-out records."""
+            damage = max(0.0, retain_before - retain_acc)
+            if holdout is not None:
+                damage = max(damage, holdout_before - self._accuracy(X_h, y_h))
+            return abs(forget_acc - target) + _DAMAGE * damage, damage
+
+        best_score, _ = score(forget_before, retain_before)
+        best_step, best_state = 0, self._module_state()
+        best_accs = (forget_before, retain_before)
+        every = max(1, steps // max(1, checks))
+        steps_taken = since = halvings = 0
+        diverged = reached = False
+        if forget_before <= target:
+            reached = True
+        while steps_taken < steps and not (reached or diverged):
+            if not self._step(optimizer, loss_of_step(steps_taken)):
+                diverged = True
+                break
+            if after_step is not None:
+                after_step()
+            steps_taken += 1
+            since += 1
+            # regular checks, plus checks at steps 1, 2, 4, 8, ... of every (re)start:
+            # ascent and random labels can cross the target within the first few steps
+            early = since < every and since & (since - 1) == 0
+            if not (early or steps_taken % every == 0 or steps_taken == steps):
+                continue
+            labels, finite = predict_labels(self._module, X_f, with_finite=True)
+            forget_acc = float((labels == y_f).float().mean())
+            retain_acc = self._accuracy(X_r, y_r)
+            current, damage = score(forget_acc, retain_acc) if finite else (math.inf, 1.0)
+            if current < best_score and damage <= _WRECKED:  # a wrecked model never lands
+                best_score, best_step = current, steps_taken
+                best_state = self._module_state()
+                best_accs = (forget_acc, retain_acc)
+            if damage > _WRECKED:
+                # the step size is too large for this network: back to the best checkpoint,
+                # half the learning rate, forget the momentum (a backtracking line search)
+                if halvings == _MAX_HALVINGS:
+                    break
+                halvings += 1
+                self._module.load_state_dict(best_state)
+                optimizer.state.clear()
+                for group in optimizer.param_groups:
+                    group["lr"] *= 0.5
+                since = 0
+                continue
+            reached = forget_acc <= target
+        self._module.load_state_dict(best_state)
+        self._finish()
+        done = best_step
+        forget_after, retain_after = best_accs
+        missed = abs(forget_after - target) > tolerance and source != "fallback"
+        diagnostics = {
+            "target_forget_accuracy": target,
+            "target_known": float(source != "fallback"),
+            "target_from_absent_class": float(source == "absent-class"),
+            "holdout_accuracy": reference,
+            "forget_accuracy_before": forget_before,
+            "forget_accuracy": forget_after,
+            "retain_sample_accuracy_before": retain_before,
+            "retain_sample_accuracy": retain_after,
+            "steps": float(steps_taken),
+            "landed_at_step": float(done),
+            "budget_steps": float(steps),
+            "work_fraction": records_per_step * steps_taken / self._training_records(),
+            "target_reached": float(abs(forget_after - target) <= tolerance),
+            "target_missed": float(missed),
+            "diverged": float(diverged),
+            "lr_halvings": float(halvings),
+        }
+        if missed or diverged:
+            why = "diverged (rolled back)" if diverged else "stopped"
+            warnings.warn(
+                f"{self.name}: {why} with forget accuracy {forget_after:.3f}, target "
+                f"{target:.3f} ({source}); see diagnostics (a larger budget may reach it)",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+        return diagnostics
+
+    def _run_deletion(
+        self,
+        change: Change,
+        loss_of_step: Callable[[int], torch.Tensor],
+        *,
+        budget: float,
+        records_per_step: int,
+        after_step: Callable[[], None] | None = None,
+    ) -> dict[str, float]:
+        """:meth:`_deletion_loop` with a fresh optimiser, the budget and the defaults."""
+        return self._deletion_loop(
+            change,
+            loss_of_step,
+            steps=self._budget_steps(budget, records_per_step),
+            optimizer=self._optimizer(),
+            checks=_CHECKS,
+            fallback_drop=_FALLBACK_DROP,
+            tolerance=_TOLERANCE,
+            after_step=after_step,
+            records_per_step=records_per_step,
+        )
+
+    def _training_records(self) -> float:
+        epochs = getattr(self.model_, "epochs", None)
+        epochs = 1 if not isinstance(epochs, (int, np.integer)) or epochs < 1 else int(epochs)
+        return float(epochs * len(self.train_))
+
+    def _module_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self._module.state_dict().items()}
