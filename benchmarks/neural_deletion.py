@@ -39,6 +39,7 @@ seeds) needs a GPU or a long CPU run; ``--n 10000 --seeds 1`` fits a small CPU m
 from __future__ import annotations
 
 import argparse
+import inspect
 import io
 import sys
 import time
@@ -151,7 +152,9 @@ def make_unlearner(name: str, original: TorchModel, recipe: Recipe, seed: int) -
     return ob.unlearners.create(name, original, seed=seed, **options)
 
 
-def run_seed(args: argparse.Namespace, train: Dataset, test: Dataset, seed: int) -> list[dict]:
+def run_seed(
+    args: argparse.Namespace, train: Dataset, test: Dataset, holdout: Dataset | None, seed: int
+) -> list[dict]:
     recipe = Recipe(args, tuple(train.X.shape[1:]), train.n_classes)
     recipe.n_train = len(train)
     log(f"seed {seed}: training the original ({len(train)} images, {args.device})")
@@ -213,7 +216,10 @@ def run_seed(args: argparse.Namespace, train: Dataset, test: Dataset, seed: int)
             unlearner = make_unlearner(method, original, recipe, seed)
             goal = goal_of(unlearner)
             log(f"seed {seed}, {request}: {method} ({goal})")
-            unlearner.attach(train)
+            if holdout is not None and "holdout" in inspect.signature(unlearner.attach).parameters:
+                unlearner.attach(train, holdout=holdout)  # sets the deletion target
+            else:
+                unlearner.attach(train)
             result = unlearner.forget(Remove(ids=forget_ids))
             seconds = unlearner.prepare_seconds_ + result.seconds
             own = scores(unlearner.model_, forget, retain, test, seed)
@@ -341,6 +347,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, help="training images (seeded subsample; default all)")
     parser.add_argument("--n-test", type=int, help="test images (default all)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--holdout",
+        type=int,
+        default=2000,
+        help="test images set aside as the deletion methods' reference set (0: none)",
+    )
     parser.add_argument("--methods", nargs="+", default=list(METHODS), help="rows to run")
     parser.add_argument("--forget-class", type=int, default=0)
     parser.add_argument("--epoch-step", type=int, default=5, help="epochs added per check")
@@ -369,17 +381,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.n is not None and args.n < len(train):
         keep = np.random.default_rng(0).choice(len(train), args.n, replace=False)
         train = train.take(np.sort(keep))
+    # A held-out reference set (records no model trained on) tells the deletion methods
+    # where a retrained model's forget accuracy lands; it is cut from the test split and
+    # never used to score anything.
+    holdout = None
+    if args.holdout > 0:
+        if args.holdout >= len(test):
+            parser.error(f"--holdout {args.holdout} leaves no test images (have {len(test)})")
+        holdout = test.take(np.arange(args.holdout))
+        test = test.take(np.arange(args.holdout, len(test)))
     if args.n_test is not None and args.n_test < len(test):
         test = test.take(np.arange(args.n_test))
     start = time.perf_counter()
     rows: list[dict] = []
     with threadpool_limits(limits=args.threads):
         for seed in range(args.seeds):
-            rows += run_seed(args, train, test, seed)
+            rows += run_seed(args, train, test, holdout, seed)
     total = time.perf_counter() - start
     header = (
         f"# Neural deletion: Fashion-MNIST, SmallCNN\n\n{len(train)} training / {len(test)} "
-        f"test images, {args.seeds} seed(s), device {args.device}, {total:.0f} s in all; "
+        f"test images ({args.holdout} more as the reference set), {args.seeds} seed(s), "
+        f"device {args.device}, {total:.0f} s in all; "
         f"means over seeds."
     )
     text = table(rows, header)

@@ -261,12 +261,29 @@ def test_a_missed_target_warns_and_says_so(data, trained):
     train, _, _ = data
     ids = train.ids[train.y == 4]
     unlearner = NegGradPlus(trained, budget=1e-4).attach(train)  # one step: cannot get there
-    with pytest.warns(RuntimeWarning, match="neggrad-plus: stopped with forget accuracy"):
+    with pytest.warns(ob.UnlearningWarning, match="neggrad-plus: stopped with forget accuracy"):
         result = unlearner.forget(Remove(ids=ids))
     d = result.diagnostics
     assert d["target_missed"] == 1.0 and d["target_reached"] == 0.0 and d["steps"] == 1.0
     # the landing rule never ends further from the target than the start
     assert d["forget_accuracy"] <= d["forget_accuracy_before"]
+
+
+def test_on_failure_raise_changes_nothing_and_bad_values_are_refused(data, trained):
+    train, _, _ = data
+    ids = train.ids[train.y == 4]
+    unlearner = NegGradPlus(trained, budget=1e-4, on_failure="raise").attach(train)
+    before = unlearner.model_.theta.detach().clone()
+    with pytest.raises(ob.UnlearningError, match="neggrad-plus: stopped"):
+        unlearner.forget(Remove(ids=ids))
+    assert torch.equal(unlearner.model_.theta, before)
+    assert len(unlearner.train_) == len(train) and not unlearner.history_
+    quiet = NegGradPlus(trained, budget=1e-4, on_failure="ignore").attach(train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert quiet.forget(Remove(ids=ids)).diagnostics["landed"] == 0.0
+    with pytest.raises(ValueError, match="on_failure must be one of .*'sometimes'"):
+        SalUn(trained, on_failure="sometimes").attach(train)
 
 
 def test_holdout_survives_save_and_load(tmp_path, data, trained):

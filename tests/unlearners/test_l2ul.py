@@ -123,7 +123,7 @@ def test_unreached_goal_warns_and_says_so(digits_raw):
     model = TorchModel(MLP(64, (16,), 10), epochs=10, lr=1e-2, seed=0).fit(train)
     correct = train.ids[model.predict(train.X) == train.y]
     u = L2UL(model, max_epochs=1, lr=1e-6, seed=0).attach(train)
-    with pytest.warns(RuntimeWarning, match="did not reach its goal"):
+    with pytest.warns(ob.UnlearningWarning, match="not every forget record reached its goal"):
         result = u.forget(Remove(ids=correct[:8]))
     assert result.diagnostics["goal_reached"] == 0.0
     assert result.diagnostics["stopped_by_cap"] == 1.0

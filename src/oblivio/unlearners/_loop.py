@@ -58,7 +58,6 @@ Design of the deletion loop
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -149,6 +148,10 @@ class _NeuralUnlearner(Unlearner):
     ``goals`` names what the method can aim for (``"deletion"``: be where retraining would
     be; ``"correction"``: stop predicting the original labels); ``goal`` is the one this
     instance aims for (the first of ``goals`` unless the class takes a ``goal`` option).
+    Every method checks its own result (the deletion target, or every forget record at its
+    goal for correction) and acts on its ``on_failure`` option when it missed: ``"warn"``
+    (default: :class:`~oblivio.UnlearningWarning` and ``diagnostics["landed"] = 0``),
+    ``"raise"`` (:class:`~oblivio.UnlearningError`, nothing changed) or ``"ignore"``.
     """
 
     exact = False
@@ -192,6 +195,7 @@ class _NeuralUnlearner(Unlearner):
         if self.bn_mode not in _BN_MODES:
             raise ValueError(f"bn_mode must be one of {_BN_MODES}, got {self.bn_mode!r}")
         self._check_goal()
+        self._check_on_failure(getattr(self, "on_failure", "warn"))
 
     def _prepare(self) -> None:
         module = getattr(self.model_, "module_", None)
@@ -495,14 +499,13 @@ class _NeuralUnlearner(Unlearner):
             "diverged": float(diverged),
             "lr_halvings": float(halvings),
         }
-        if missed or diverged:
-            why = "diverged (rolled back)" if diverged else "stopped"
-            warnings.warn(
-                f"{self.name}: {why} with forget accuracy {forget_after:.3f}, target "
-                f"{target:.3f} ({source}); see diagnostics (a larger budget may reach it)",
-                RuntimeWarning,
-                stacklevel=5,
-            )
+        why = "diverged (rolled back)" if diverged else "stopped"
+        self._judge(
+            diagnostics,
+            not (missed or diverged),
+            f"{why} with forget accuracy {forget_after:.3f}, target {target:.3f} ({source}); "
+            "see diagnostics (a larger budget may reach it)",
+        )
         return diagnostics
 
     def _run_deletion(

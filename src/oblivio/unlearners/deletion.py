@@ -203,7 +203,9 @@ class SalUn(_Deletion):
         weight_decay: float = 5e-4,
         bn_mode: str = "train",
         seed: int = 0,
+        on_failure: str = "warn",
     ) -> None:
+        self.on_failure = on_failure
         super().__init__(
             model,
             budget=budget,
@@ -347,7 +349,9 @@ class SCRUB(_Deletion):
         weight_decay: float = 5e-4,
         bn_mode: str = "train",
         seed: int = 0,
+        on_failure: str = "warn",
     ) -> None:
+        self.on_failure = on_failure
         super().__init__(
             model,
             budget=budget,
@@ -461,7 +465,9 @@ class NegGradPlus(_Deletion):
         weight_decay: float = 5e-4,
         bn_mode: str = "train",
         seed: int = 0,
+        on_failure: str = "warn",
     ) -> None:
+        self.on_failure = on_failure
         super().__init__(
             model,
             budget=budget,
@@ -548,7 +554,9 @@ class L1Sparse(_Deletion):
         weight_decay: float = 5e-4,
         bn_mode: str = "train",
         seed: int = 0,
+        on_failure: str = "warn",
     ) -> None:
+        self.on_failure = on_failure
         super().__init__(
             model,
             budget=budget,

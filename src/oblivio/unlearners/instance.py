@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -497,7 +496,9 @@ class L2UL(_ForgetDriven):
         bn_mode: str = "train",
         keep_forgotten: bool = True,
         seed: int = 0,
+        on_failure: str = "warn",
     ) -> None:
+        self.on_failure = on_failure
         super().__init__(
             model,
             keep_forgotten=keep_forgotten,
@@ -689,15 +690,6 @@ class L2UL(_ForgetDriven):
             diagnostics["lam_final"] = schedule.lam
             diagnostics["lam_halvings"] = float(schedule.halvings)
         diagnostics["eps"] = self.eps_
-        if not diagnostics["goal_reached"]:
-            warnings.warn(
-                f"l2ul did not reach its goal: forget accuracy "
-                f"{diagnostics['forget_accuracy']:.3f} after {diagnostics['steps']:.0f} steps "
-                f"({'diverged' if diagnostics['diverged'] else 'epoch cap'}); raise max_epochs "
-                "or lr (diagnostics['goal_reached'] = 0)",
-                RuntimeWarning,
-                stacklevel=3,
-            )
         return Outcome(diagnostics=diagnostics)
 
 
@@ -810,7 +802,9 @@ class GradientAscent(_TwoGoals):
         bn_mode: str = "train",
         keep_forgotten: bool = True,
         seed: int = 0,
+        on_failure: str = "warn",
     ) -> None:
+        self.on_failure = on_failure
         super().__init__(
             model,
             keep_forgotten=keep_forgotten,
@@ -919,7 +913,9 @@ class RandomLabels(_TwoGoals):
         bn_mode: str = "train",
         keep_forgotten: bool = True,
         seed: int = 0,
+        on_failure: str = "warn",
     ) -> None:
+        self.on_failure = on_failure
         super().__init__(
             model,
             keep_forgotten=keep_forgotten,
@@ -1067,7 +1063,9 @@ class FineTune(_NeuralUnlearner):
         weight_decay: float = 5e-4,
         bn_mode: str = "train",
         seed: int = 0,
+        on_failure: str = "warn",
     ) -> None:
+        self.on_failure = on_failure
         super().__init__(
             model,
             lr=lr,
