@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     datasets.set_defaults(handler=_cmd_datasets)
 
     demo = commands.add_parser(
-        "demo", help="quick benchmark on bundled data: every method vs retraining (~1 min)"
+        "demo", help="quick benchmark on bundled data: every method vs retraining (~20 s)"
     )
     demo.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
     demo.add_argument(
