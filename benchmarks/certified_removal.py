@@ -49,7 +49,7 @@ def _read_idx(path: Path) -> np.ndarray:
     with gzip.open(path, "rb") as handle:
         raw = handle.read()
     dims = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
 
 
@@ -86,27 +86,41 @@ def main() -> None:
     parser.add_argument("--refine", type=int, default=1)
     parser.add_argument("--refresh", type=float, default=0.5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plot", type=Path, default=None,
-                        help="save the accumulated bound against the budgets (PNG) here")
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="save the accumulated bound against the budgets (PNG) here",
+    )
     args = parser.parse_args()
 
     split, source = load(args.classes)
     train, test = split.train, split.test
-    print(f"Fashion-MNIST {args.classes}: n_train={len(train)}, n_test={len(test)}, "
-          f"d={train.n_features} ({source}); l2={args.l2}, sigma={args.sigma}, delta=1e-4")
+    print(
+        f"Fashion-MNIST {args.classes}: n_train={len(train)}, n_test={len(test)}, "
+        f"d={train.n_features} ({source}); l2={args.l2}, sigma={args.sigma}, delta=1e-4"
+    )
     model = LogisticRegression(l2=args.l2)
 
     start = time.perf_counter()
     plain = CertifiedRemoval(model, sigma=0.0).fit(train)
     fit_plain = time.perf_counter() - start
     start = time.perf_counter()
-    u = CertifiedRemoval(model, sigma=args.sigma, epsilon=max(EPSILONS), seed=args.seed,
-                         refine=args.refine, refresh=args.refresh).fit(train)
+    u = CertifiedRemoval(
+        model,
+        sigma=args.sigma,
+        epsilon=max(EPSILONS),
+        seed=args.seed,
+        refine=args.refine,
+        refresh=args.refresh,
+    ).fit(train)
     fit_noisy = time.perf_counter() - start
     print("\n== accuracy ==")
     print(f"test accuracy, b = 0:           {accuracy(plain, test):.4f}  (fit {fit_plain:.2f} s)")
-    print(f"test accuracy, sigma = {args.sigma:<5g}:   {accuracy(u, test):.4f}  "
-          f"(fit + prepare {fit_noisy:.2f} s)")
+    print(
+        f"test accuracy, sigma = {args.sigma:<5g}:   {accuracy(u, test):.4f}  "
+        f"(fit + prepare {fit_noisy:.2f} s)"
+    )
 
     # one long sequence of single removals at the largest epsilon (it must not retrain), so
     # that the per-step bounds can be replayed against the smaller budgets afterwards. (The
@@ -159,36 +173,47 @@ def main() -> None:
         if more:
             extrapolated = f" (about {int((total - beta0) / np.mean(bounds))} at the mean bound)"
         print(f"epsilon = {eps:<4g} budget {total:7.4f}: {supported}{more} removals{extrapolated}")
-    print(f"per-removal bound (amortized): mean {np.mean(bounds):.3g}, "
-          f"median {np.median(bounds):.3g}; full factor refreshes: {refreshes} in {len(order)}")
+    print(
+        f"per-removal bound (amortized): mean {np.mean(bounds):.3g}, "
+        f"median {np.median(bounds):.3g}; full factor refreshes: {refreshes} in {len(order)}"
+    )
 
     print("\n== true residual vs accumulated bound ==")
     for t, (true, bound) in residuals.items():
-        print(f"after {t:5d} removals: true ||grad L_b|| = {true:.3g}   bound = {bound:.3g}"
-              f"   ratio {bound / max(true, 1e-300):.0f}x")
+        print(
+            f"after {t:5d} removals: true ||grad L_b|| = {true:.3g}   bound = {bound:.3g}"
+            f"   ratio {bound / max(true, 1e-300):.0f}x"
+        )
     k = len(exact_bounds)
-    print(f"\nbudget spent by the first {k} removals: exact {sum(exact_bounds):.4g}, "
-          f"amortized {sum(bounds[:k]):.4g}")
+    print(
+        f"\nbudget spent by the first {k} removals: exact {sum(exact_bounds):.4g}, "
+        f"amortized {sum(bounds[:k]):.4g}"
+    )
 
     amortized = statistics.mean(seconds)
     print("\n== time per removal (seconds, this machine, one thread) ==")
-    print(f"amortized (mean over {len(seconds)}, incl. refreshes): {amortized:.4g} s"
-          f"   median {statistics.median(seconds):.4g} s"
-          f"   forget() wall incl. request handling {statistics.mean(walls):.4g} s")
+    print(
+        f"amortized (mean over {len(seconds)}, incl. refreshes): {amortized:.4g} s"
+        f"   median {statistics.median(seconds):.4g} s"
+        f"   forget() wall incl. request handling {statistics.mean(walls):.4g} s"
+    )
     print(f"exact     (mean over {k}):                {statistics.mean(exact_seconds):.4g} s")
     print(f"retrain from scratch (mean over {len(scratch)}):      {statistics.mean(scratch):.4g} s")
     print(f"retrain warm-started (mean over {len(warm)}):      {statistics.mean(warm):.4g} s")
-    print(f"ratios: scratch / amortized = {statistics.mean(scratch) / amortized:.1f}x, "
-          f"warm / amortized = {statistics.mean(warm) / amortized:.1f}x, "
-          f"exact / amortized = {statistics.mean(exact_seconds) / amortized:.1f}x, "
-          f"scratch / exact = {statistics.mean(scratch) / statistics.mean(exact_seconds):.2f}x"
-          f"; scratch / forget() wall = {statistics.mean(scratch) / statistics.mean(walls):.1f}x")
+    print(
+        f"ratios: scratch / amortized = {statistics.mean(scratch) / amortized:.1f}x, "
+        f"warm / amortized = {statistics.mean(warm) / amortized:.1f}x, "
+        f"exact / amortized = {statistics.mean(exact_seconds) / amortized:.1f}x, "
+        f"scratch / exact = {statistics.mean(scratch) / statistics.mean(exact_seconds):.2f}x"
+        f"; scratch / forget() wall = {statistics.mean(scratch) / statistics.mean(walls):.1f}x"
+    )
 
     if args.plot is not None:
         from oblivio.audit.plots import plot_certificate_budget
 
         figure = plot_certificate_budget(
-            u, epsilons=EPSILONS[:-1],
+            u,
+            epsilons=EPSILONS[:-1],
             true_residuals=[(t, true) for t, (true, _) in residuals.items()],
             title=f"Fashion-MNIST {args.classes[0]} vs {args.classes[1]}: certified removal",
         )
@@ -199,10 +224,12 @@ def main() -> None:
         print(f"\nbudget plot: {args.plot}")
 
     retrained = LogisticRegression(l2=args.l2, noise=u.model_.noise).fit(u.train_)
-    print(f"\nafter {len(order)} removals: test accuracy {accuracy(u, test):.4f} "
-          f"(retrained on the same data: {accuracy(retrained, test):.4f}); "
-          f"||w_unlearned - w_retrained|| = "
-          f"{float(torch.linalg.vector_norm(u.model_.theta - retrained.theta)):.3g}")
+    print(
+        f"\nafter {len(order)} removals: test accuracy {accuracy(u, test):.4f} "
+        f"(retrained on the same data: {accuracy(retrained, test):.4f}); "
+        f"||w_unlearned - w_retrained|| = "
+        f"{float(torch.linalg.vector_norm(u.model_.theta - retrained.theta)):.3g}"
+    )
 
 
 def _trained_copy(model: LogisticRegression, train: Dataset, u: CertifiedRemoval):

@@ -62,9 +62,7 @@ def load_linear(name: str, root: Path):
         split = ob.datasets.load("drebin", root=root / "drebin", normalize="l2")
         sensitive = (root / "drebin" / "relevant_features.txt").read_text().split()
         return split, sensitive, 1.0 / len(split.train)  # lambda = 1 in Warnecke's convention
-    split = ob.datasets.load(
-        "adult", root=root / "adult", standardize_numeric=True, normalize="l2"
-    )
+    split = ob.datasets.load("adult", root=root / "adult", standardize_numeric=True, normalize="l2")
     sensitive = (root / "adult" / "relevant_features.txt").read_text().split()
     return split, sensitive, 1e-4
 
@@ -210,8 +208,15 @@ def linear_benchmark(name: str, args) -> None:
         request = ReplaceFeatures(features=columns)
         change = request.resolve(train)
         run_scenario(
-            f"features k={len(columns)}", "linear", model, train, change, request,
-            zero_columns(test, columns), methods, rows,
+            f"features k={len(columns)}",
+            "linear",
+            model,
+            train,
+            change,
+            request,
+            zero_columns(test, columns),
+            methods,
+            rows,
         )
     print_rows(f"{name}: feature unlearning (prepare lambda_max {prepared['first']:.3f} s)", rows)
     rows = []
@@ -221,8 +226,15 @@ def linear_benchmark(name: str, args) -> None:
         request = Relabel(ids, train.select(ids).y)
         change = request.resolve(poisoned)
         run_scenario(
-            f"flip {fraction:.0%}", "linear", poisoned_model, poisoned, change, request, test,
-            methods, rows,
+            f"flip {fraction:.0%}",
+            "linear",
+            poisoned_model,
+            poisoned,
+            change,
+            request,
+            test,
+            methods,
+            rows,
         )
     print_rows(f"{name}: label repair", rows)
 
@@ -234,8 +246,12 @@ def mlp_benchmark(args) -> None:
     train = split.train.take(np.sort(rng.choice(len(split.train), args.mlp_train, replace=False)))
     test = split.test.take(np.arange(args.mlp_test))
     template = TorchModel(
-        MLP(784, hidden=(args.hidden,), n_classes=10), l2=1e-4, epochs=args.epochs, lr=1e-3,
-        batch_size=128, seed=args.seed,
+        MLP(784, hidden=(args.hidden,), n_classes=10),
+        l2=1e-4,
+        epochs=args.epochs,
+        lr=1e-3,
+        batch_size=128,
+        seed=args.seed,
     )
     model, fit_s = timed(lambda: template.clone().fit(train))
     print(
@@ -260,17 +276,22 @@ def mlp_benchmark(args) -> None:
         # damping 1 % of lambda_max: above |lambda_min| for this network (about 0.6 %)
         damping = 0.01 * prepared["lambda_max"]
         unlearner = SecondOrder(
-            model, solver="cg", damping=damping, max_iter=args.cg_iterations, rtol=1e-2,
-            on_failure="skip", residual_records=0,
+            model,
+            solver="cg",
+            damping=damping,
+            max_iter=args.cg_iterations,
+            rtol=1e-2,
+            on_failure="skip",
+            residual_records=0,
         ).attach(train)
         result = unlearner.forget(request)
         prepared["cg"] = result.diagnostics.get("cg_iterations", 0.0)
         return unlearner.model_, result.seconds
 
     def second_head(model, train, change, request):
-        head = TorchModel(
-            model.module_, l2=model.l2, params=["fc2"], epochs=0, reinit=False
-        ).fit(train)
+        head = TorchModel(model.module_, l2=model.l2, params=["fc2"], epochs=0, reinit=False).fit(
+            train
+        )
         unlearner = SecondOrder(head, residual_records=0).attach(train)
         result = unlearner.forget(request)
         whole = copy.deepcopy(model)  # the whole network, with the updated head
@@ -285,12 +306,20 @@ def mlp_benchmark(args) -> None:
         request = ReplaceFeatures(features=columns)
         change = request.resolve(train)
         run_scenario(
-            f"features k={k}", "mlp", model, train, change, request, zero_columns(test, columns),
-            methods, rows,
+            f"features k={k}",
+            "mlp",
+            model,
+            train,
+            change,
+            request,
+            zero_columns(test, columns),
+            methods,
+            rows,
         )
     print_rows(
         f"fashion-mnist MLP: feature unlearning (prepare lambda_max {prepared['first']:.2f} s; "
-        f"CG capped at {args.cg_iterations} iterations)", rows,
+        f"CG capped at {args.cg_iterations} iterations)",
+        rows,
     )
     rows = []
     for fraction in args.flips:
@@ -299,16 +328,27 @@ def mlp_benchmark(args) -> None:
         request = Relabel(ids, train.select(ids).y)
         change = request.resolve(poisoned)
         run_scenario(
-            f"flip {fraction:.0%}", "mlp", poisoned_model, poisoned, change, request, test,
-            methods, rows,
+            f"flip {fraction:.0%}",
+            "mlp",
+            poisoned_model,
+            poisoned,
+            change,
+            request,
+            test,
+            methods,
+            rows,
         )
     print_rows("fashion-mnist MLP: label repair (pairs s <-> 9 - s)", rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", nargs="+", default=["drebin", "adult", "fmnist"],
-                        choices=["drebin", "adult", "fmnist"])
+    parser.add_argument(
+        "--datasets",
+        nargs="+",
+        default=["drebin", "adult", "fmnist"],
+        choices=["drebin", "adult", "fmnist"],
+    )
     parser.add_argument("--features", type=int, nargs="+", default=[10, 50, 100])
     parser.add_argument("--flips", type=float, nargs="+", default=[0.01, 0.05, 0.10])
     parser.add_argument("--root", default=str(SHARED))

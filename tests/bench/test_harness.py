@@ -122,8 +122,12 @@ def test_shipped_configs_are_valid():
 def test_sequence_speedup_counts_one_retrain_per_request(tmp_path):
     """Honouring 6 requests by retraining costs 6 retrains, not one."""
     config = parse_config(
-        {**TINY, "seeds": [0], "unlearners": [{"name": "retrain"}],
-         "requests": [{"kind": "sequence", "count": 6, "batch": 1}]}
+        {
+            **TINY,
+            "seeds": [0],
+            "unlearners": [{"name": "retrain"}],
+            "requests": [{"kind": "sequence", "count": 6, "batch": 1}],
+        }
     )
     (record,) = runner.run_config(config, tmp_path)
     assert record["n_requests"] == 6
@@ -132,8 +136,12 @@ def test_sequence_speedup_counts_one_retrain_per_request(tmp_path):
 
 
 def test_another_config_is_not_mixed_into_a_results_folder(tmp_path):
-    small = {**TINY, "seeds": [0], "unlearners": [{"name": "retrain"}],
-             "requests": [{"kind": "remove", "count": 5}]}
+    small = {
+        **TINY,
+        "seeds": [0],
+        "unlearners": [{"name": "retrain"}],
+        "requests": [{"kind": "remove", "count": 5}],
+    }
     runner.run_config(parse_config(small), tmp_path)
     before = (tmp_path / "results.jsonl").read_text()
     other = parse_config({**small, "name": "other"})

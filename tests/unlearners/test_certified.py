@@ -67,8 +67,17 @@ def test_golden_budget_numbers():
 def test_residual_never_exceeds_accumulated_bound(seed, k, hessian, batch, bound, refine, sizes):
     data = random_data(seed, 40 + 5 * k, 4, k)
     model = LogisticRegression(l2=0.05, multi_class="ovr")
-    u = CertifiedRemoval(model, sigma=1.0, epsilon=2.0, hessian=hessian, batch=batch,
-                         bound=bound, refine=refine, verify=True, seed=seed).fit(data)
+    u = CertifiedRemoval(
+        model,
+        sigma=1.0,
+        epsilon=2.0,
+        hessian=hessian,
+        batch=batch,
+        bound=bound,
+        refine=refine,
+        verify=True,
+        seed=seed,
+    ).fit(data)
     assert true_residual(u) <= u.budget_used_
     rng = np.random.default_rng(seed)
     for size in sizes:
@@ -90,8 +99,15 @@ def test_residual_never_exceeds_accumulated_bound(seed, k, hessian, batch, bound
 def test_amortized_paths_stay_rigorous(binary_data, refine, refresh, monkeypatch):
     """Cached solve, deferred and measured corrections, folds, partial and full refreshes."""
     monkeypatch.setattr(certified, "_FOLD_ROWS", 4)  # exercise the Woodbury fold often
-    u = CertifiedRemoval(LogisticRegression(l2=1e-2), sigma=1.0, epsilon=50.0, seed=0,
-                         refine=refine, refresh=refresh, verify=True).fit(binary_data)
+    u = CertifiedRemoval(
+        LogisticRegression(l2=1e-2),
+        sigma=1.0,
+        epsilon=50.0,
+        seed=0,
+        refine=refine,
+        refresh=refresh,
+        verify=True,
+    ).fit(binary_data)
     rng = np.random.default_rng(0)
     deferred = full = 0
     for _ in range(25):
@@ -229,9 +245,7 @@ def test_budget_triggers_retrain_exactly_when_it_should(binary_data, batch):
         if result.retrained:
             n_retrained += 1
             # retrained because the bound would have gone over the budget: and only then
-            steps_taken = (
-                [would_be.diagnostics["step_bound"]] if batch else None
-            )
+            steps_taken = [would_be.diagnostics["step_bound"]] if batch else None
             if batch:
                 assert previous_beta + steps_taken[0] > u.budget_total
             else:
@@ -252,8 +266,9 @@ def test_budget_triggers_retrain_exactly_when_it_should(binary_data, batch):
 def test_retrain_draws_are_repeatable_with_a_seed(small):
     runs = []
     for _ in range(2):
-        u = CertifiedRemoval(LogisticRegression(l2=0.05), sigma=0.5, epsilon=0.05,
-                             seed=11).fit(small)
+        u = CertifiedRemoval(LogisticRegression(l2=0.05), sigma=0.5, epsilon=0.05, seed=11).fit(
+            small
+        )
         results = [u.forget(Remove(ids=[int(i)])) for i in small.ids[:6]]
         assert any(r.retrained for r in results)
         runs.append(u.model_.theta)
@@ -263,8 +278,9 @@ def test_retrain_draws_are_repeatable_with_a_seed(small):
 # -- multi-class one-vs-rest with negative subsampling ----------------------------------------
 def test_ovr_subsampling_leaves_untouched_classes_alone():
     data = random_data(7, 120, 6, 4)
-    u = CertifiedRemoval(LogisticRegression(l2=0.02, multi_class="ovr"), sigma=1.0,
-                         subsample=0.3, seed=0).fit(data)
+    u = CertifiedRemoval(
+        LogisticRegression(l2=0.02, multi_class="ovr"), sigma=1.0, subsample=0.3, seed=0
+    ).fit(data)
     members = u.class_members()
     assert members[np.arange(len(data)), data.y].all()  # every positive is kept
     assert 0.1 < members.mean() < 0.6
@@ -303,15 +319,19 @@ def test_relabel_and_replace_features_are_certified(k):
     u.forget(Remove(ids=data.ids[:3]))  # edits after removals (caches compacted)
     ids = data.ids[5:9]
     new_labels = (data.y[5:9] + 1) % k
-    for request in (Relabel(ids=ids, labels=new_labels),
-                    ReplaceFeatures(features=[1, 3], value=0.0)):
-        original = LogisticRegression(l2=0.02, multi_class="ovr",
-                                      noise=u.model_.noise).fit(u.train_)
+    for request in (
+        Relabel(ids=ids, labels=new_labels),
+        ReplaceFeatures(features=[1, 3], value=0.0),
+    ):
+        original = LogisticRegression(l2=0.02, multi_class="ovr", noise=u.model_.noise).fit(
+            u.train_
+        )
         result = u.forget(request)
         assert result.request == type(request).__name__
         assert true_residual(u) <= result.certificate.residual_bound
-        retrained = LogisticRegression(l2=0.02, multi_class="ovr",
-                                       noise=u.model_.noise).fit(u.train_)
+        retrained = LogisticRegression(l2=0.02, multi_class="ovr", noise=u.model_.noise).fit(
+            u.train_
+        )
         if not result.retrained:
             gap_before = norm(original.theta - retrained.theta)
             assert gap_before > 1e-3
@@ -331,9 +351,20 @@ def test_replacement_rows_must_be_normalised(small):
 # -- bad input: clear errors, nothing changed ------------------------------------------------
 @pytest.mark.parametrize(
     ("option", "value"),
-    [("epsilon", 0.0), ("epsilon", -1.0), ("epsilon", float("inf")), ("delta", 0.0),
-     ("delta", 1.0), ("delta", 1.5), ("sigma", -0.1), ("sigma", float("nan")),
-     ("bound", "tight"), ("hessian", "lbfgs"), ("subsample", 0.0), ("refine", -1)],
+    [
+        ("epsilon", 0.0),
+        ("epsilon", -1.0),
+        ("epsilon", float("inf")),
+        ("delta", 0.0),
+        ("delta", 1.0),
+        ("delta", 1.5),
+        ("sigma", -0.1),
+        ("sigma", float("nan")),
+        ("bound", "tight"),
+        ("hessian", "lbfgs"),
+        ("subsample", 0.0),
+        ("refine", -1),
+    ],
 )
 def test_bad_options_are_rejected_by_name(small, option, value):
     u = CertifiedRemoval(LogisticRegression(), **{option: value})
@@ -354,8 +385,11 @@ def test_bad_requests_change_nothing(small):
     u = CertifiedRemoval(LogisticRegression(l2=0.05), sigma=1.0, seed=0).fit(small)
     u.forget(Remove(ids=small.ids[:2]))
     state = (u.model_.theta.clone(), u.train_.ids.copy(), u.budget_used_, len(u.history_))
-    for request in (Remove(ids=[999_999]), Remove(ids=u.train_.ids),
-                    Remove(ids=small.ids[:1])):  # already removed
+    for request in (
+        Remove(ids=[999_999]),
+        Remove(ids=u.train_.ids),
+        Remove(ids=small.ids[:1]),
+    ):  # already removed
         with pytest.raises(RequestError):
             u.forget(request)
         assert torch.equal(u.model_.theta, state[0])
@@ -367,12 +401,12 @@ def test_bad_requests_change_nothing(small):
 
 
 def test_contract(small):
+    check_unlearner(lambda: CertifiedRemoval(LogisticRegression(l2=0.05), sigma=1.0, seed=0), small)
     check_unlearner(
-        lambda: CertifiedRemoval(LogisticRegression(l2=0.05), sigma=1.0, seed=0), small
-    )
-    check_unlearner(
-        lambda: CertifiedRemoval(LogisticRegression(l2=0.05), sigma=1.0, seed=0, batch=True,
-                                 hessian="exact"), small
+        lambda: CertifiedRemoval(
+            LogisticRegression(l2=0.05), sigma=1.0, seed=0, batch=True, hessian="exact"
+        ),
+        small,
     )
 
 
@@ -407,8 +441,11 @@ def test_attach_refuses_a_model_far_from_the_optimum(small):
 
 # -- persistence -------------------------------------------------------------------------------
 def test_save_load_continues_identically(small, tmp_path):
-    make = lambda: CertifiedRemoval(LogisticRegression(l2=0.05), sigma=0.5, epsilon=0.2,  # noqa: E731
-                                    seed=5, hessian="exact")
+    def make():
+        return CertifiedRemoval(
+            LogisticRegression(l2=0.05), sigma=0.5, epsilon=0.2, seed=5, hessian="exact"
+        )
+
     u = make().fit(small)
     u.forget(Remove(ids=small.ids[:2]))
     u.save(tmp_path / "cr")
@@ -435,8 +472,9 @@ def test_budget_plot_follows_the_certificates(binary_data, tmp_path):
     assert retrains >= 1  # the small sigma makes the budget run out: the plot shows it
     figure = plot_certificate_budget(u, epsilons=[0.5, 2.0], true_residuals=true)
     ax = figure.axes[0]
-    np.testing.assert_allclose(ax.lines[0].get_ydata(),
-                               [r.certificate.budget_used for r in u.history_])
+    np.testing.assert_allclose(
+        ax.lines[0].get_ydata(), [r.certificate.budget_used for r in u.history_]
+    )
     vertical = [line for line in ax.lines if line.get_linestyle() == ":"]
     assert len(vertical) == retrains
     used = [r.certificate.budget_used for r in u.history_]

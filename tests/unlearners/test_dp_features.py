@@ -39,8 +39,14 @@ def test_composition_golden_numbers():
 
 def test_tiny_dp_run_feeds_certified_removal(images):
     torch.manual_seed(0)
-    extractor = DPFeatureExtractor(image_shape=(1, 8, 8), epochs=2, batch_size=60,
-                                   noise_multiplier=1.0, max_grad_norm=1.0, seed=0)
+    extractor = DPFeatureExtractor(
+        image_shape=(1, 8, 8),
+        epochs=2,
+        batch_size=60,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        seed=0,
+    )
     extractor.fit(images)
     assert 0 < extractor.epsilon_ < float("inf")
     features = extractor.transform(images)
@@ -58,8 +64,14 @@ def test_tiny_dp_run_feeds_certified_removal(images):
     assert delta > result.certificate.delta
 
     # more noise, smaller epsilon (the accountant is wired to the run's options)
-    quieter = DPFeatureExtractor(image_shape=(1, 8, 8), epochs=2, batch_size=60,
-                                 noise_multiplier=4.0, max_grad_norm=1.0, seed=0).fit(images)
+    quieter = DPFeatureExtractor(
+        image_shape=(1, 8, 8),
+        epochs=2,
+        batch_size=60,
+        noise_multiplier=4.0,
+        max_grad_norm=1.0,
+        seed=0,
+    ).fit(images)
     assert quieter.epsilon_ < extractor.epsilon_
 
 

@@ -239,11 +239,17 @@ def plot_certificate_budget(
     ax.set_xlim(0.5, len(results) + 0.5)
     ax.xaxis.get_major_locator().set_params(integer=True)
     last = certificates[-1]
-    ax.axhline(last.budget_total, color="C3", linewidth=1.0,
-               label=f"budget at epsilon = {last.epsilon:g}")
+    ax.axhline(
+        last.budget_total, color="C3", linewidth=1.0, label=f"budget at epsilon = {last.epsilon:g}"
+    )
     for i, epsilon in enumerate(epsilons):
-        ax.axhline(budget(epsilon, last.delta, last.sigma), color=f"C{4 + i}", linestyle="--",
-                   linewidth=0.8, label=f"budget at epsilon = {epsilon:g}")
+        ax.axhline(
+            budget(epsilon, last.delta, last.sigma),
+            color=f"C{4 + i}",
+            linestyle="--",
+            linewidth=0.8,
+            label=f"budget at epsilon = {epsilon:g}",
+        )
     for step, result in zip(steps, results, strict=True):
         if result.retrained:
             ax.axvline(step, color="0.5", linestyle=":", linewidth=0.8)

@@ -436,37 +436,42 @@ class CertifiedRemoval(Unlearner):
                 "CertifiedRemoval needs an oblivio.models.LogisticRegression, got "
                 f"{type(self.model).__name__}"
             )
-        if not (isinstance(self.epsilon, (int, float)) and np.isfinite(self.epsilon)
-                and self.epsilon > 0):
+        if not (
+            isinstance(self.epsilon, (int, float))
+            and np.isfinite(self.epsilon)
+            and self.epsilon > 0
+        ):
             raise ValueError(f"epsilon must be a positive finite number, got {self.epsilon!r}")
         if not (isinstance(self.delta, (int, float)) and 0 < self.delta < 1):
             raise ValueError(f"delta must lie strictly between 0 and 1, got {self.delta!r}")
-        if not (isinstance(self.sigma, (int, float)) and np.isfinite(self.sigma)
-                and self.sigma >= 0):
+        if not (
+            isinstance(self.sigma, (int, float)) and np.isfinite(self.sigma) and self.sigma >= 0
+        ):
             raise ValueError(f"sigma must be a finite number >= 0, got {self.sigma!r}")
         if self.l2 is not None and not (np.isfinite(self.l2) and self.l2 > 0):
             raise ValueError(f"l2 must be None or a positive finite number, got {self.l2!r}")
         if self.bound not in ("data", "worst"):
             raise ValueError(f"bound must be 'data' or 'worst', got {self.bound!r}")
         if self.hessian not in ("amortized", "exact", "cg"):
-            raise ValueError(
-                f"hessian must be 'amortized', 'exact' or 'cg', got {self.hessian!r}"
-            )
+            raise ValueError(f"hessian must be 'amortized', 'exact' or 'cg', got {self.hessian!r}")
         if not (isinstance(self.batch, bool) or self.batch in _BATCH_MODES):
             raise ValueError(
                 f"batch must be one of {', '.join(map(repr, _BATCH_MODES))} (or a bool), "
                 f"got {self.batch!r}"
             )
         if self.time_limit is not None and not (
-            isinstance(self.time_limit, (int, float)) and np.isfinite(self.time_limit)
+            isinstance(self.time_limit, (int, float))
+            and np.isfinite(self.time_limit)
             and self.time_limit > 0
         ):
             raise ValueError(
-                f"time_limit must be None or a positive number of seconds, got "
-                f"{self.time_limit!r}"
+                f"time_limit must be None or a positive number of seconds, got {self.time_limit!r}"
             )
-        if not (isinstance(self.n_jobs, (int, np.integer)) and not isinstance(self.n_jobs, bool)
-                and self.n_jobs >= 1):
+        if not (
+            isinstance(self.n_jobs, (int, np.integer))
+            and not isinstance(self.n_jobs, bool)
+            and self.n_jobs >= 1
+        ):
             raise ValueError(f"n_jobs must be a positive integer, got {self.n_jobs!r}")
         if self.subsample is not None and not (0 < self.subsample <= 1):
             raise ValueError(f"subsample must be None or in (0, 1], got {self.subsample!r}")
@@ -641,8 +646,12 @@ class CertifiedRemoval(Unlearner):
             grad += self._l2 * len(data) * W + noise
             if float(np.linalg.norm(grad)) <= model.tol:
                 break
-            step = np.stack([scipy.linalg.cho_solve(cache["F"][k], grad[k], check_finite=False)
-                             for k in range(K)])
+            step = np.stack(
+                [
+                    scipy.linalg.cho_solve(cache["F"][k], grad[k], check_finite=False)
+                    for k in range(K)
+                ]
+            )
             W = W - step
         else:
             model.fit(data, init=W.ravel())
@@ -684,7 +693,8 @@ class CertifiedRemoval(Unlearner):
         self._Z = np.asarray(X @ W.T)
         self._R = float(_row_norms(X).max()) if len(data) else 0.0
         self._noise = (
-            np.zeros((K, D)) if model.noise is None
+            np.zeros((K, D))
+            if model.noise is None
             else np.asarray(model.noise, dtype=np.float64).reshape(K, D)
         )
         mask = self._mask()
@@ -740,7 +750,12 @@ class CertifiedRemoval(Unlearner):
         return H
 
     def _fresh_cache(
-        self, X: Any, Z: np.ndarray, mask: np.ndarray, counts: np.ndarray, classes: Any,
+        self,
+        X: Any,
+        Z: np.ndarray,
+        mask: np.ndarray,
+        counts: np.ndarray,
+        classes: Any,
         cache: dict[str, Any] | None,
     ) -> dict[str, Any] | None:
         """Amortised mode: Hessian ``H~`` and its Cholesky factor at the current weights.
@@ -764,17 +779,29 @@ class CertifiedRemoval(Unlearner):
             cache["nf"][k] = counts[k]
         return cache
 
-    def _copy_cache(self, cache: dict[str, Any] | None, Z: np.ndarray, mask: np.ndarray,
-                    counts: np.ndarray) -> dict[str, Any]:
+    def _copy_cache(
+        self, cache: dict[str, Any] | None, Z: np.ndarray, mask: np.ndarray, counts: np.ndarray
+    ) -> dict[str, Any]:
         K = self._K
         if cache is None:
-            return {"H": [None] * K, "F": [None] * K, "Hinv": [None] * K, "Hinv32": [None] * K,
-                    "cf": self._curvature(Z, mask),
-                    "fmask": mask.copy(), "nf": counts.copy()}
-        return {"H": list(cache["H"]), "F": list(cache["F"]), "Hinv": list(cache["Hinv"]),
-                "Hinv32": list(cache["Hinv32"]),
-                "cf": cache["cf"].copy(),
-                "fmask": cache["fmask"].copy(), "nf": cache["nf"].copy()}
+            return {
+                "H": [None] * K,
+                "F": [None] * K,
+                "Hinv": [None] * K,
+                "Hinv32": [None] * K,
+                "cf": self._curvature(Z, mask),
+                "fmask": mask.copy(),
+                "nf": counts.copy(),
+            }
+        return {
+            "H": list(cache["H"]),
+            "F": list(cache["F"]),
+            "Hinv": list(cache["Hinv"]),
+            "Hinv32": list(cache["Hinv32"]),
+            "cf": cache["cf"].copy(),
+            "fmask": cache["fmask"].copy(),
+            "nf": cache["nf"].copy(),
+        }
 
     def _partial_refresh(
         self, X: Any, Z: np.ndarray, mask: np.ndarray, counts: np.ndarray, classes: Any
@@ -816,7 +843,12 @@ class CertifiedRemoval(Unlearner):
         return cache
 
     def _residual(
-        self, X: Any, Z: np.ndarray, mask: np.ndarray, W: np.ndarray, counts: np.ndarray,
+        self,
+        X: Any,
+        Z: np.ndarray,
+        mask: np.ndarray,
+        W: np.ndarray,
+        counts: np.ndarray,
         loss_grad: np.ndarray | None = None,
     ) -> tuple[float, float]:
         """Exact ``||grad L_b(W; data)||`` (stacked over classes) and a rounding allowance."""
@@ -825,8 +857,11 @@ class CertifiedRemoval(Unlearner):
             loss_grad = np.asarray(X.T @ slopes).T
         penalty = self._l2 * counts[:, None] * W
         grad = loss_grad + penalty + self._noise
-        scale = (float(np.linalg.norm(loss_grad)) + float(np.linalg.norm(penalty))
-                 + float(np.linalg.norm(self._noise)))
+        scale = (
+            float(np.linalg.norm(loss_grad))
+            + float(np.linalg.norm(penalty))
+            + float(np.linalg.norm(self._noise))
+        )
         allowance = 64.0 * (X.shape[0] + X.shape[1]) * _UNIT * scale
         return float(np.linalg.norm(grad)), allowance
 
@@ -866,8 +901,9 @@ class CertifiedRemoval(Unlearner):
             cache["cf"][rows, k] = 0.0
         return cache
 
-    def _cached_operator(self, X: Any, mask: np.ndarray, counts: np.ndarray,
-                         cache: dict[str, Any], k: int) -> tuple[Any, int]:
+    def _cached_operator(
+        self, X: Any, mask: np.ndarray, counts: np.ndarray, cache: dict[str, Any], k: int
+    ) -> tuple[Any, int]:
         """``v -> Hf v`` for class ``k`` in float64, ``O(d^2 + r d)``, and ``r`` (see below).
 
         ``Hf = H~ - sum_{removed since} cf_i x_i x_i^T - lam (nf - n') I`` is the cached
@@ -885,8 +921,14 @@ class CertifiedRemoval(Unlearner):
         return apply, rows.size
 
     def _cached_solve(
-        self, X: Any, mask: np.ndarray, counts: np.ndarray, rhs: np.ndarray, touched: Any,
-        cache: dict[str, Any], rtol: float = 1e-10,
+        self,
+        X: Any,
+        mask: np.ndarray,
+        counts: np.ndarray,
+        rhs: np.ndarray,
+        touched: Any,
+        cache: dict[str, Any],
+        rtol: float = 1e-10,
     ) -> tuple[np.ndarray, int, np.ndarray]:
         """Solve ``Hf s = rhs`` by iterative refinement preconditioned with ``H~``.
 
@@ -925,10 +967,20 @@ class CertifiedRemoval(Unlearner):
         return s, iterations, left
 
     def _measure(
-        self, X: Any, Z: np.ndarray, p_norm: np.ndarray, S: np.ndarray,
-        mask: np.ndarray, counts: np.ndarray, s: np.ndarray, Delta: np.ndarray,
-        xnorm: np.ndarray, p_image: np.ndarray | None = None, *,
-        zerr: np.ndarray | None = None, cache: dict[str, Any] | None = None,
+        self,
+        X: Any,
+        Z: np.ndarray,
+        p_norm: np.ndarray,
+        S: np.ndarray,
+        mask: np.ndarray,
+        counts: np.ndarray,
+        s: np.ndarray,
+        Delta: np.ndarray,
+        xnorm: np.ndarray,
+        p_image: np.ndarray | None = None,
+        *,
+        zerr: np.ndarray | None = None,
+        cache: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """One pass over ``X``: ``a = X s``, ``T2 >= ||H'(w) s - Delta||`` and ``T1``.
 
@@ -970,8 +1022,9 @@ class CertifiedRemoval(Unlearner):
             curvature *= 1.0 - curvature
             dc = curvature - cache["cf"]
             _apply_mask(mask, curvature, dc)
-            A32, HS = fused_pass(self._X32, s, dc, workers=thread_pool(self.n_jobs),
-                                 parts=self.n_jobs)
+            A32, HS = fused_pass(
+                self._X32, s, dc, workers=thread_pool(self.n_jobs), parts=self.n_jobs
+            )
             A_full = A32.astype(np.float64)
             A = _apply_mask(mask, A_full.copy())
             s_norm = np.linalg.norm(s, axis=1)
@@ -1000,8 +1053,7 @@ class CertifiedRemoval(Unlearner):
             if sp.issparse(X) or isinstance(X, BlockedRows):
                 A_full = np.asarray(X @ s.T)
                 HS = np.asarray(X.T @ (curvature * A_full)).T
-                per_row = (int(np.diff(X.indptr).max(initial=0)) if sp.issparse(X)
-                           else X.shape[1])
+                per_row = int(np.diff(X.indptr).max(initial=0)) if sp.issparse(X) else X.shape[1]
             else:
                 A_full, HS = fused_pass(X, s, curvature)
                 per_row = X.shape[1]
@@ -1026,9 +1078,21 @@ class CertifiedRemoval(Unlearner):
         err = xnorm * (lag + GAMMA * zerr * a2) + hs_err
         T2 = np.linalg.norm(r2, axis=1) + err
         T1 = 0.5 * GAMMA * xnorm * a4**2
-        return {"A_full": A_full, "A": A, "a2": a2, "a4": a4, "T1": T1, "T2": T2, "r2": r2,
-                "err": err, "curvature": curvature, "e_a": e_a, "zerr": zerr,
-                "dc": dc, "dc_norm": dc_norm}
+        return {
+            "A_full": A_full,
+            "A": A,
+            "a2": a2,
+            "a4": a4,
+            "T1": T1,
+            "T2": T2,
+            "r2": r2,
+            "err": err,
+            "curvature": curvature,
+            "e_a": e_a,
+            "zerr": zerr,
+            "dc": dc,
+            "dc_norm": dc_norm,
+        }
 
     def _image_norm(self, V: np.ndarray, xnorm: np.ndarray) -> np.ndarray:
         """Upper bounds on ``||X' v_k||_2`` per class: ``sqrt(v^T G v)`` or ``||X'||_2 ||v||``."""
@@ -1041,8 +1105,14 @@ class CertifiedRemoval(Unlearner):
         return np.minimum(plain, np.sqrt(np.maximum(quad, 0.0) + slack))
 
     def _deferred_correction(
-        self, X: Any, mask: np.ndarray, counts: np.ndarray, m: dict[str, Any],
-        classes: list[int], xnorm: np.ndarray, p_norm: np.ndarray,
+        self,
+        X: Any,
+        mask: np.ndarray,
+        counts: np.ndarray,
+        m: dict[str, Any],
+        classes: list[int],
+        xnorm: np.ndarray,
+        p_norm: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """One correction ``s <- s - u``, ``Hf u = r2``, bounded without another pass.
 
@@ -1060,8 +1130,9 @@ class CertifiedRemoval(Unlearner):
         rhs = np.zeros_like(m["r2"])
         rhs[classes] = m["r2"][classes]
         # what the solve leaves is accounted exactly (``left``): modest accuracy suffices
-        u, iterations, left = self._cached_solve(X, mask, counts, rhs, classes, self._cache,
-                                                 rtol=1e-3)
+        u, iterations, left = self._cached_solve(
+            X, mask, counts, rhs, classes, self._cache, rtol=1e-3
+        )
         if m["dc"] is not None and m["cache"] is self._cache:
             shift, shift_norm = m["dc"], m["dc_norm"]  # the pass's own c - cf
         else:
@@ -1143,8 +1214,9 @@ class CertifiedRemoval(Unlearner):
                 cache = self._cache = folded
             # solve error lands in T2, which is measured and, if large, corrected
             rtol = 1e-6 if self.refine >= 1 else 1e-10
-            s, iterations, _ = self._cached_solve(X, mask, counts, Delta, touched, self._cache,
-                                                  rtol=rtol)
+            s, iterations, _ = self._cached_solve(
+                X, mask, counts, Delta, touched, self._cache, rtol=rtol
+            )
 
         def measure() -> dict[str, Any]:
             p_norm = np.linalg.norm(pending, axis=1)
@@ -1152,8 +1224,9 @@ class CertifiedRemoval(Unlearner):
             current = None
             if mode == "amortized":
                 current = self._cache if cache is None else cache
-            out = self._measure(X, Z, p_norm, S, mask, counts, s, Delta, xnorm, p_image,
-                                zerr=zerr, cache=current)
+            out = self._measure(
+                X, Z, p_norm, S, mask, counts, s, Delta, xnorm, p_image, zerr=zerr, cache=current
+            )
             out["p_image"] = p_image
             out["cache"] = current
             return out
@@ -1183,11 +1256,11 @@ class CertifiedRemoval(Unlearner):
             stale = [k for k in touched if is_stale(k)]
             if stale and self.refine >= 1:
                 p_norm = np.linalg.norm(pending, axis=1)
-                u, T1, T2, more = self._deferred_correction(X, mask, counts, m, stale, xnorm,
-                                                            p_norm)
+                u, T1, T2, more = self._deferred_correction(
+                    X, mask, counts, m, stale, xnorm, p_norm
+                )
                 iterations += more
-                accepted = [k for k in stale
-                            if T2[k] <= self.refresh * max(T1[k], floor) + tiny[k]]
+                accepted = [k for k in stale if T2[k] <= self.refresh * max(T1[k], floor) + tiny[k]]
                 corrected = len(accepted)
                 if accepted:
                     deferred = np.zeros_like(s)
@@ -1221,8 +1294,9 @@ class CertifiedRemoval(Unlearner):
                     m = measure()
                     stale = [k for k in stale if is_stale(k)]
             if stale:
-                cache = self._fresh_cache(X, Z, mask, counts, stale,
-                                          self._cache if cache is None else cache)
+                cache = self._fresh_cache(
+                    X, Z, mask, counts, stale, self._cache if cache is None else cache
+                )
                 refreshed += len(stale)
                 full_refreshes = len(stale)
                 for k in stale:
@@ -1242,9 +1316,9 @@ class CertifiedRemoval(Unlearner):
         new_pending = pending if deferred is None else pending + deferred
         Z_new = Z + m["A_full"]
         new_zerr = zerr + m["e_a"]
-        lag_next = xnorm * GAMMA * (
-            self._R * np.linalg.norm(new_pending, axis=1) + new_zerr
-        ) * m["a2"]
+        lag_next = (
+            xnorm * GAMMA * (self._R * np.linalg.norm(new_pending, axis=1) + new_zerr) * m["a2"]
+        )
         if np.any(lag_next > 0.05 * T1 + tiny):
             Z_new = np.asarray(X @ (self._W + s).T)  # exact margins at w + s
             new_pending = np.zeros_like(new_pending)
@@ -1271,7 +1345,12 @@ class CertifiedRemoval(Unlearner):
         return self.hessian
 
     def _cg_steps(
-        self, X: Any, Z: np.ndarray, mask: np.ndarray, counts: np.ndarray, rhs: np.ndarray,
+        self,
+        X: Any,
+        Z: np.ndarray,
+        mask: np.ndarray,
+        counts: np.ndarray,
+        rhs: np.ndarray,
         classes: Any,
     ) -> tuple[np.ndarray, int]:
         """``H'(w)^-1 rhs_k`` per class by Jacobi-preconditioned CG, matrix-free, ``O(nnz)``
@@ -1305,8 +1384,13 @@ class CertifiedRemoval(Unlearner):
                 return product[used] + shift * v
 
             inverse = 1.0 / diagonal[k, used]
-            result = cg_solve(hvp, rhs[k, used], rtol=_CG_RTOL, maxiter=_CG_MAXITER,
-                              preconditioner=lambda v, inverse=inverse: inverse * v)
+            result = cg_solve(
+                hvp,
+                rhs[k, used],
+                rtol=_CG_RTOL,
+                maxiter=_CG_MAXITER,
+                preconditioner=lambda v, inverse=inverse: inverse * v,
+            )
             out[k, used] = result.x
             iterations += result.iterations
         for k in np.setdiff1d(np.arange(rhs.shape[0]), np.asarray(list(classes), dtype=int)):
@@ -1355,9 +1439,16 @@ class CertifiedRemoval(Unlearner):
 
     def _forget(self, change: Change) -> Outcome:
         self._W = self.model_.coef_.copy()
-        diagnostics = {"steps": 0.0, "step_bound": 0.0, "correction": 0.0,
-                       "bound_cor1": 0.0, "refreshes": 0.0, "full_refreshes": 0.0,
-                       "corrections": 0.0, "solver_iterations": 0.0}
+        diagnostics = {
+            "steps": 0.0,
+            "step_bound": 0.0,
+            "correction": 0.0,
+            "bound_cor1": 0.0,
+            "refreshes": 0.0,
+            "full_refreshes": 0.0,
+            "corrections": 0.0,
+            "solver_iterations": 0.0,
+        }
         if change.is_removal:
             positions = self._base.positions(change.ids)
             steps = self._removal_steps(positions)
@@ -1396,8 +1487,12 @@ class CertifiedRemoval(Unlearner):
                 )
             diagnostics["gradient_residual"] = residual
         diagnostics["budget_left"] = self.budget_left_
-        return Outcome(retrained=retrained, certificate=self._certificate(),
-                       diagnostics=diagnostics, exact=False)
+        return Outcome(
+            retrained=retrained,
+            certificate=self._certificate(),
+            diagnostics=diagnostics,
+            exact=False,
+        )
 
     def _removal_steps(self, positions: np.ndarray) -> Iterator[tuple[dict[str, Any], Any]]:
         """Newton steps (step, commit) for the records of one removal request (``batch``).
@@ -1453,8 +1548,18 @@ class CertifiedRemoval(Unlearner):
         Delta = np.asarray(X_removed.T @ slopes).T
         Delta = Delta + self._l2 * m[:, None] * W
         delta_max = m * (self._l2 * np.linalg.norm(W, axis=1) + self._R)
-        step = self._newton(self._X, self._Z, self._S, new_mask, counts, Delta, delta_max,
-                            self._xnorm, pending=self._pending, zerr=self._zerr)
+        step = self._newton(
+            self._X,
+            self._Z,
+            self._S,
+            new_mask,
+            counts,
+            Delta,
+            delta_max,
+            self._xnorm,
+            pending=self._pending,
+            zerr=self._zerr,
+        )
 
         def commit(step: dict[str, Any]) -> None:
             active = self._active.copy()
@@ -1490,13 +1595,15 @@ class CertifiedRemoval(Unlearner):
         rows_old = _rows(self._X, positions)
         rows_new = _rows(X_new, positions)
         Z_rows_new = np.asarray(rows_new @ W.T)
-        Delta = np.asarray(
-            rows_old.T @ self._loss_slope(self._Z[positions], self._S[positions])
-        ).T - np.asarray(rows_new.T @ self._loss_slope(Z_rows_new, S_new[positions])).T
+        Delta = (
+            np.asarray(rows_old.T @ self._loss_slope(self._Z[positions], self._S[positions])).T
+            - np.asarray(rows_new.T @ self._loss_slope(Z_rows_new, S_new[positions])).T
+        )
         Z = self._Z.copy()
         Z[positions] = Z_rows_new
         features_changed = (
-            (rows_old != rows_new).nnz > 0 if sp.issparse(rows_old)
+            (rows_old != rows_new).nnz > 0
+            if sp.issparse(rows_old)
             else not np.array_equal(rows_old, rows_new)
         )
         xnorm = self._xnorm
@@ -1509,8 +1616,9 @@ class CertifiedRemoval(Unlearner):
                 extra = rows_new.T @ rows_new
                 gram = gram + (np.asarray(extra.todense()) if sp.issparse(extra) else extra)
         delta_max = np.full(self._K, 2.0 * len(positions) * R)
-        step = self._newton(X_new, Z, S_new, self._mask(), self._counts, Delta, delta_max,
-                            xnorm, refresh_all=True)
+        step = self._newton(
+            X_new, Z, S_new, self._mask(), self._counts, Delta, delta_max, xnorm, refresh_all=True
+        )
 
         def commit(step: dict[str, Any]) -> None:
             self._X, self._S, self._base = X_new, S_new, result
@@ -1564,10 +1672,29 @@ class CertifiedRemoval(Unlearner):
         return self._member[self._active].copy()
 
     # -- failure safety and persistence ------------------------------------------------
-    _STATE_ATTRS = ("_X", "_X32", "_zerr", "_Z", "_S", "_base", "_active", "_member", "_counts",
-                    "_xnorm",
-                    "_R", "_noise", "_cache", "_pending", "_gram", "_refreshes", "budget_used_",
-                    "_initial_residual", "_K", "_D", "_l2")
+    _STATE_ATTRS = (
+        "_X",
+        "_X32",
+        "_zerr",
+        "_Z",
+        "_S",
+        "_base",
+        "_active",
+        "_member",
+        "_counts",
+        "_xnorm",
+        "_R",
+        "_noise",
+        "_cache",
+        "_pending",
+        "_gram",
+        "_refreshes",
+        "budget_used_",
+        "_initial_residual",
+        "_K",
+        "_D",
+        "_l2",
+    )
 
     def _snapshot(self) -> Any:
         state = {name: getattr(self, name) for name in self._STATE_ATTRS}

@@ -163,8 +163,10 @@ class DPFeatureExtractor:
         torch.manual_seed(self.seed)
         images = self._images(data)
         labels = torch.from_numpy(np.array(data.y, dtype=np.int64))
-        extractor = self.module if self.module is not None else default_extractor(
-            images.shape[1], images.shape[2]
+        extractor = (
+            self.module
+            if self.module is not None
+            else default_extractor(images.shape[1], images.shape[2])
         )
         with torch.no_grad():
             n_features = int(extractor(images[:1]).shape[1])
@@ -208,12 +210,17 @@ class DPFeatureExtractor:
         parts = []
         with torch.no_grad():
             for start in range(0, len(images), batch_size):
-                parts.append(self.extractor_(images[start:start + batch_size]).double())
+                parts.append(self.extractor_(images[start : start + batch_size]).double())
         features = torch.cat(parts).numpy() if parts else np.zeros((0, self.n_features_))
         norms = np.linalg.norm(features, axis=1, keepdims=True)
         features = features / np.where(norms > 0, norms, 1.0)
-        return Dataset(X=features, y=data.y, ids=data.ids, classes=data.classes,
-                       name=f"{data.name}-dp-features")
+        return Dataset(
+            X=features,
+            y=data.y,
+            ids=data.ids,
+            classes=data.classes,
+            name=f"{data.name}-dp-features",
+        )
 
     def guarantee(self, certificate: Any, n_removed: int) -> tuple[float, float]:
         """Combined (epsilon, delta) after ``n_removed`` removals certified by ``certificate``.
@@ -221,5 +228,6 @@ class DPFeatureExtractor:
         ``certificate`` is a :class:`~oblivio.unlearners.Certificate` (or anything with
         ``epsilon`` and ``delta``); see :func:`combined_guarantee`.
         """
-        return combined_guarantee(self.epsilon_, self.delta, certificate.epsilon,
-                                  certificate.delta, n_removed)
+        return combined_guarantee(
+            self.epsilon_, self.delta, certificate.epsilon, certificate.delta, n_removed
+        )
