@@ -246,6 +246,15 @@ def _cmd_poison_repair(args: argparse.Namespace) -> int:
     )
 
 
+def _add_force(parser: argparse.ArgumentParser) -> None:
+    """``--force`` for a command writing a results folder (see ``_output_folder``)."""
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="write into a non-empty folder oblivio did not create (only its own files change)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from oblivio import __version__
 
@@ -268,11 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="quick benchmark on bundled data: every method vs retraining (~20 s)"
     )
     demo.add_argument("--out", default="results/demo", help="results folder (default results/demo)")
-    demo.add_argument(
-        "--force",
-        action="store_true",
-        help="write into a non-empty folder oblivio did not create (only its own files change)",
-    )
+    _add_force(demo)
     demo.set_defaults(handler=_cmd_demo)
 
     run = commands.add_parser("run", help="run an experiment configuration (TOML)")
@@ -281,11 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--n-jobs", type=int, default=1, help="cells in parallel (default 1)")
     run.add_argument("--backend", choices=["loky", "dask"], default="loky")
     run.add_argument("--scheduler", help="dask scheduler address, e.g. tcp://host:8786")
-    run.add_argument(
-        "--force",
-        action="store_true",
-        help="write into a non-empty folder oblivio did not create (only its own files change)",
-    )
+    _add_force(run)
     run.set_defaults(handler=_cmd_run)
 
     report = commands.add_parser("report", help="Markdown + HTML report of a results folder")
@@ -311,11 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a setting, e.g. --set first_order_taus=1e-3,3e-3 --set damping=3 "
         "(repeatable; see oblivio.bench.canary.CanarySettings)",
     )
-    canary.add_argument(
-        "--force",
-        action="store_true",
-        help="write into a non-empty folder oblivio did not create (only its own files change)",
-    )
+    _add_force(canary)
     canary.set_defaults(handler=_cmd_canary)
 
     poison = commands.add_parser(
@@ -333,11 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a setting, e.g. --set damping=3 --set methods=second-order,retrain "
         "(repeatable; see oblivio.bench.poison.PoisonSettings)",
     )
-    poison.add_argument(
-        "--force",
-        action="store_true",
-        help="write into a non-empty folder oblivio did not create (only its own files change)",
-    )
+    _add_force(poison)
     poison.set_defaults(handler=_cmd_poison_repair)
 
     for name, module_name, help_text in PLUGIN_COMMANDS:

@@ -168,9 +168,11 @@ class _NeuralUnlearner(Unlearner):
         bn_mode: str,
         seed: int,
         max_epochs: int | None = None,
+        on_failure: str = "warn",
     ) -> None:
         super().__init__(model)
         self.goal = self.goals[0]
+        self.on_failure = on_failure
         self.lr = lr
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -195,7 +197,7 @@ class _NeuralUnlearner(Unlearner):
         if self.bn_mode not in _BN_MODES:
             raise ValueError(f"bn_mode must be one of {_BN_MODES}, got {self.bn_mode!r}")
         self._check_goal()
-        self._check_on_failure(getattr(self, "on_failure", "warn"))
+        self._check_on_failure(self.on_failure)
 
     def _prepare(self) -> None:
         module = getattr(self.model_, "module_", None)

@@ -78,9 +78,11 @@ class _Deletion(_NeuralUnlearner):
         weight_decay: float,
         bn_mode: str,
         seed: int,
+        on_failure: str,
     ) -> None:
         super().__init__(
             model,
+            on_failure=on_failure,
             lr=lr,
             batch_size=batch_size,
             momentum=momentum,
@@ -205,9 +207,9 @@ class SalUn(_Deletion):
         seed: int = 0,
         on_failure: str = "warn",
     ) -> None:
-        self.on_failure = on_failure
         super().__init__(
             model,
+            on_failure=on_failure,
             budget=budget,
             lr=lr,
             batch_size=batch_size,
@@ -351,9 +353,9 @@ class SCRUB(_Deletion):
         seed: int = 0,
         on_failure: str = "warn",
     ) -> None:
-        self.on_failure = on_failure
         super().__init__(
             model,
+            on_failure=on_failure,
             budget=budget,
             lr=lr,
             batch_size=batch_size,
@@ -467,9 +469,9 @@ class NegGradPlus(_Deletion):
         seed: int = 0,
         on_failure: str = "warn",
     ) -> None:
-        self.on_failure = on_failure
         super().__init__(
             model,
+            on_failure=on_failure,
             budget=budget,
             lr=lr,
             batch_size=batch_size,
@@ -556,9 +558,9 @@ class L1Sparse(_Deletion):
         seed: int = 0,
         on_failure: str = "warn",
     ) -> None:
-        self.on_failure = on_failure
         super().__init__(
             model,
+            on_failure=on_failure,
             budget=budget,
             lr=lr,
             batch_size=batch_size,

@@ -498,9 +498,9 @@ class L2UL(_ForgetDriven):
         seed: int = 0,
         on_failure: str = "warn",
     ) -> None:
-        self.on_failure = on_failure
         super().__init__(
             model,
+            on_failure=on_failure,
             keep_forgotten=keep_forgotten,
             lr=lr,
             max_epochs=max_epochs,
@@ -804,9 +804,9 @@ class GradientAscent(_TwoGoals):
         seed: int = 0,
         on_failure: str = "warn",
     ) -> None:
-        self.on_failure = on_failure
         super().__init__(
             model,
+            on_failure=on_failure,
             keep_forgotten=keep_forgotten,
             lr=lr,
             max_epochs=max_epochs,
@@ -915,9 +915,9 @@ class RandomLabels(_TwoGoals):
         seed: int = 0,
         on_failure: str = "warn",
     ) -> None:
-        self.on_failure = on_failure
         super().__init__(
             model,
+            on_failure=on_failure,
             keep_forgotten=keep_forgotten,
             lr=lr,
             max_epochs=max_epochs,
@@ -1065,9 +1065,9 @@ class FineTune(_NeuralUnlearner):
         seed: int = 0,
         on_failure: str = "warn",
     ) -> None:
-        self.on_failure = on_failure
         super().__init__(
             model,
+            on_failure=on_failure,
             lr=lr,
             max_epochs=epochs,
             batch_size=batch_size,
