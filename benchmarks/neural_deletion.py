@@ -52,6 +52,7 @@ from threadpoolctl import threadpool_limits
 
 import oblivio as ob
 from oblivio._io import write_bytes, write_json, write_text
+from oblivio.audit.evaluate import AVG_GAP_METRICS, avg_gap
 from oblivio.bench.runner import goal_of, method_options
 from oblivio.data import Dataset, Remove
 from oblivio.models import SmallCNN, TorchModel
@@ -59,16 +60,10 @@ from oblivio.models import SmallCNN, TorchModel
 DELETION = ("finetune", "gradient-ascent", "random-labels", "neggrad-plus", "l1-sparse")
 DELETION += ("salun", "scrub", "second-order")
 METHODS = ("retrain", "retrain-warm", "no update", *DELETION, "l2ul")
-METRICS = ("accuracy_forget", "accuracy_retain", "accuracy_test", "mia_efficacy")
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def avg_gap(own: dict[str, float], reference: dict[str, float]) -> float:
-    """Mean absolute difference over forget/retain/test accuracy and MIA-efficacy, points."""
-    return 100 * float(np.mean([abs(own[k] - reference[k]) for k in METRICS]))
 
 
 class Recipe:
@@ -129,7 +124,7 @@ def requests(train: Dataset, seed: int, forget_class: int) -> dict[str, np.ndarr
 
 def scores(model: Any, forget: Dataset, retain: Dataset, test: Dataset, seed: int) -> dict:
     metrics = ob.audit.evaluate(model, forget=forget, retain=retain, test=test, seed=seed).metrics
-    return {k: metrics[k] for k in METRICS}
+    return {k: metrics[k] for k in AVG_GAP_METRICS}
 
 
 def make_unlearner(name: str, original: TorchModel, recipe: Recipe, seed: int) -> Any:

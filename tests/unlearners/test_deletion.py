@@ -32,7 +32,6 @@ from oblivio.unlearners import (
 )
 
 DELETION = ["salun", "scrub", "neggrad-plus", "gradient-ascent", "random-labels"]
-GAP_METRICS = ("accuracy_forget", "accuracy_retain", "accuracy_test", "mia_efficacy")
 
 
 def _model(epochs: int = 60) -> TorchModel:
@@ -78,7 +77,7 @@ def _avg_gap(model, train: Dataset, ids: np.ndarray, evaluation: Dataset, refere
         test=evaluation,
         reference=reference,
     )
-    return 100 * float(np.mean([abs(result.gaps[k]) for k in GAP_METRICS])), result
+    return result.avg_gap, result
 
 
 def _random_ids(train: Dataset, seed: int) -> np.ndarray:

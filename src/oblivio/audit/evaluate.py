@@ -31,7 +31,7 @@ from oblivio.audit.mia import (
 )
 from oblivio.data import Dataset
 
-__all__ = ["Evaluation", "evaluate"]
+__all__ = ["AVG_GAP_METRICS", "Evaluation", "avg_gap", "evaluate"]
 
 #: Metrics of one model, in table order.
 MODEL_METRICS = (
@@ -45,6 +45,23 @@ MODEL_METRICS = (
 
 #: Metrics comparing the model with the reference.
 PAIR_METRICS = ("param_distance", "agreement_forget", "agreement_retain", "agreement_test")
+
+#: The four numbers of the field's "avg gap" (Fan et al., SalUn, ICLR 2024; Jia et al.,
+#: NeurIPS 2023): accuracy on forget / retain / test records and MIA-efficacy.
+AVG_GAP_METRICS = ("accuracy_forget", "accuracy_retain", "accuracy_test", "mia_efficacy")
+
+
+def avg_gap(
+    own: dict[str, float],
+    reference: dict[str, float],
+    keys: tuple[str, ...] = AVG_GAP_METRICS,
+) -> float:
+    """Mean absolute difference of ``own`` to ``reference`` over ``keys``, in percentage
+    points (the field's avg gap). Keys missing from either side or nan are left out; nan
+    when none is left."""
+    gaps = [abs(own[k] - reference[k]) for k in keys if k in own and k in reference]
+    gaps = [g for g in gaps if np.isfinite(g)]
+    return 100 * float(np.mean(gaps)) if gaps else float("nan")
 
 
 @dataclass
@@ -74,6 +91,11 @@ class Evaluation:
     reference: dict[str, float] | None = None
     gaps: dict[str, float] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def avg_gap(self) -> float:
+        """The field's avg gap to the reference, in points (:func:`avg_gap`); nan without one."""
+        return avg_gap(self.metrics, self.reference) if self.reference else float("nan")
 
     def to_frame(self) -> pd.DataFrame:
         """Rows: metrics; columns: ``model``, ``reference``, ``gap`` (the last two if known)."""

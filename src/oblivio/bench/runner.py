@@ -186,10 +186,10 @@ AVG_GAP_KEYS = ("acc_forget", "acc_retain", "acc_test", "mia_efficacy")
 
 
 def avg_gap(own: dict[str, float], reference: dict[str, float]) -> float:
-    """Mean absolute difference over :data:`AVG_GAP_KEYS`, in percentage points (nan-aware)."""
-    gaps = [abs(own[k] - reference[k]) for k in AVG_GAP_KEYS if k in own and k in reference]
-    gaps = [g for g in gaps if np.isfinite(g)]
-    return 100 * float(np.mean(gaps)) if gaps else float("nan")
+    """:func:`oblivio.audit.evaluate.avg_gap` over the harness's names (:data:`AVG_GAP_KEYS`)."""
+    from oblivio.audit.evaluate import avg_gap as gap
+
+    return gap(own, reference, AVG_GAP_KEYS)
 
 
 def _mia_efficacy(model: Any, forget: Dataset, retain: Dataset, test: Dataset, seed: int) -> float:
