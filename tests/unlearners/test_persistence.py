@@ -62,6 +62,26 @@ def marked_data():
 
 
 # -- killed saves ------------------------------------------------------------------------
+def _saving_child(path, first, second) -> int:
+    """Fork a process that saves ``first`` then ``second`` to ``path`` until it is killed;
+    return its pid once it runs."""
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the child only saves until it is killed
+        try:
+            os.close(read)
+            os.write(write, b"x")
+            while True:
+                first.save(path)
+                second.save(path)
+        finally:
+            os._exit(1)  # never return into the test runner
+    os.close(write)
+    os.read(read, 1)  # the child runs
+    os.close(read)
+    return child
+
+
 def test_a_save_killed_at_random_points_never_loses_the_model(tmp_path, marked_data):
     marker = int(marked_data.ids[7])
     row = np.ascontiguousarray(marked_data.X[7]).tobytes()
@@ -78,20 +98,7 @@ def test_a_save_killed_at_random_points_never_loses_the_model(tmp_path, marked_d
     for attempt in range(30):
         if time.monotonic() > deadline:
             break
-        read, write = os.pipe()
-        child = os.fork()
-        if child == 0:  # pragma: no cover - the child only saves until it is killed
-            try:
-                os.close(read)
-                os.write(write, b"x")
-                while True:
-                    forgotten.save(path)
-                    full.save(path)
-            finally:
-                os._exit(1)  # never return into the test runner
-        os.close(write)
-        os.read(read, 1)  # the child runs
-        os.close(read)
+        child = _saving_child(path, forgotten, full)
         time.sleep(kill.uniform(0.0, 0.03))
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
@@ -349,20 +356,7 @@ def test_loads_during_concurrent_saves_always_succeed(tmp_path, marked_data):
     smaller = Retrain(LogisticRegression(l2=1e-2)).fit(marked_data)
     smaller.forget(ob.Remove(ids=marked_data.ids[:5]))
     path = full.save(tmp_path / "save")
-    read, write = os.pipe()
-    child = os.fork()
-    if child == 0:  # pragma: no cover - the child only saves until it is killed
-        try:
-            os.close(read)
-            os.write(write, b"x")
-            while True:
-                smaller.save(path)
-                full.save(path)
-        finally:
-            os._exit(1)  # never return into the test runner
-    os.close(write)
-    os.read(read, 1)
-    os.close(read)
+    child = _saving_child(path, smaller, full)
     try:
         sizes = {len(ob.load(path).train_) for _ in range(150)}
         assert os.waitpid(child, os.WNOHANG) == (0, 0), "the saving process failed"
