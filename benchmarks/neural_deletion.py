@@ -105,6 +105,9 @@ def train_original(recipe: Recipe, train: Dataset, seed: int) -> tuple[TorchMode
         log(f"  seed {seed}: {epochs} epochs, training accuracy {train_acc:.4f}")
     seconds = time.perf_counter() - start
     recipe.epochs = epochs
+    # the recipe is what the unlearners' budgets are fractions of (TorchModel.epochs): the
+    # model was built with the first increment, and fit(epochs=...) does not change it
+    model.epochs = epochs
     if train_acc < args.memorise:
         log(
             f"WARNING: training accuracy {train_acc:.4f} < {args.memorise} after {epochs} "
@@ -161,6 +164,11 @@ def run_seed(
     )
     rows = []
     for request, forget_ids in requests(train, seed, args.forget_class).items():
+        if args.requests and request not in args.requests:
+            continue
+        if time.perf_counter() > args.deadline:
+            log(f"--time-limit reached: {request} of seed {seed} and later cells not run")
+            break
         forget = train.select(forget_ids)
         remaining = train.drop(forget_ids)
         pick = np.random.default_rng(seed).choice(
@@ -222,6 +230,7 @@ def run_seed(
             rows.append(
                 row(method, goal, own, seconds, goal_reached=d.get("goal_reached", float("nan")))
             )
+        args.flush(rows)
     return rows
 
 
@@ -363,6 +372,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--out", default="results/neural-deletion", help="output folder")
+    parser.add_argument(
+        "--requests",
+        nargs="+",
+        help="requests to run (default all: 'random 1%%', 'random 10%%', 'class K')",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=float("inf"),
+        help="seconds after which no new request starts (the table so far is written)",
+    )
     args = parser.parse_args(argv)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
@@ -388,23 +408,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.n_test is not None and args.n_test < len(test):
         test = test.take(np.arange(args.n_test))
     start = time.perf_counter()
+    args.deadline = start + args.time_limit
     rows: list[dict] = []
+    out = Path(args.out)
+
+    def write(done: list[dict], *, final: bool = False) -> str:
+        """The table, rows and figure so far (after every request: a run cut short by a
+        time limit keeps what it measured)."""
+        total = time.perf_counter() - start
+        header = (
+            f"# Neural deletion: Fashion-MNIST, SmallCNN\n\n{len(train)} training / "
+            f"{len(test)} test images ({args.holdout} more as the reference set), "
+            f"{args.seeds} seed(s), device {args.device}, {total:.0f} s "
+            f"{'in all' if final else 'so far (incomplete)'}; means over seeds."
+        )
+        text = table(done, header)
+        write_text(out / "neural_deletion.md", text)
+        write_json(out / "neural_deletion.json", done)
+        write_bytes(out / "neural_deletion.png", figure(done))
+        return text
+
+    args.flush = lambda seed_rows: write(rows + seed_rows)
     with threadpool_limits(limits=args.threads):
         for seed in range(args.seeds):
+            if time.perf_counter() > args.deadline:
+                break
             rows += run_seed(args, train, test, holdout, seed)
-    total = time.perf_counter() - start
-    header = (
-        f"# Neural deletion: Fashion-MNIST, SmallCNN\n\n{len(train)} training / {len(test)} "
-        f"test images ({args.holdout} more as the reference set), {args.seeds} seed(s), "
-        f"device {args.device}, {total:.0f} s in all; "
-        f"means over seeds."
-    )
-    text = table(rows, header)
-    print(text)
-    out = Path(args.out)
-    write_text(out / "neural_deletion.md", text)
-    write_json(out / "neural_deletion.json", rows)
-    write_bytes(out / "neural_deletion.png", figure(rows))
+    print(write(rows, final=True))
     log(f"written to {out}/neural_deletion.{{md,json,png}}")
     return 0
 

@@ -145,7 +145,9 @@ def test_a_reference_set_moves_the_model_toward_retraining(data, trained):
     ids = _random_ids(train, seed=0)
     retrained = _retrained(trained, train, ids)
     none_gap, _ = _avg_gap(trained, train, ids, evaluation, retrained)
-    unlearner = SalUn(trained, sparsity=0.2).attach(train, holdout=holdout)
+    # 10 % of the original training's work: at the default 5 % (23 steps on this small
+    # set) SalUn's random labels have not yet moved a memorised forget record
+    unlearner = SalUn(trained, sparsity=0.2, budget=0.1).attach(train, holdout=holdout)
     result = unlearner.forget(Remove(ids=ids))
     gap, _ = _avg_gap(unlearner, train, ids, evaluation, retrained)
     assert gap < none_gap - 0.5, (gap, none_gap)
@@ -250,7 +252,8 @@ def test_l1_sparse_penalty_decays_linearly_to_zero(data, trained):
     for step, weight in [(0, 1.0), (decay // 2, 1 - (decay // 2) / decay), (decay, 0.0)]:
         # a stream that always yields the whole retained set: the CE part is known
         stream = _Stream(X, y, len(y), torch.Generator().manual_seed(0))
-        loss_of_step, _ = u._losses(change, stream, stream, None, {})
+        loss_of_step, _, repair = u._losses(change, stream, stream, None, {})
+        assert repair is False  # fine-tuning on retained records needs no repair
         ce = float(torch.nn.functional.cross_entropy(u.model_.module_(X), y))
         value = float(loss_of_step(step))
         assert value == pytest.approx(ce + 1e-3 * weight * l1, rel=1e-5)

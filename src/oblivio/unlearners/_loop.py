@@ -68,7 +68,7 @@ from torch import nn
 
 from oblivio.data import Change, Dataset
 from oblivio.models.base import Model
-from oblivio.unlearners._neural import as_inputs, module_device, predict_labels
+from oblivio.unlearners._neural import as_inputs, module_device, predict_labels, set_train_mode
 from oblivio.unlearners._persist import LoadError, StateError, dataset_arrays, dataset_from
 from oblivio.unlearners.base import Unlearner
 
@@ -86,6 +86,17 @@ _DAMAGE = 3.0
 #: best checkpoint, half the learning rate; at most ``_MAX_HALVINGS`` times.
 _WRECKED = 0.03
 _MAX_HALVINGS = 6
+#: A checkpoint that lost more than this on the retained or held-out sample is never kept:
+#: a margin under the 3-point rule for the noise of checking on samples of a few hundred.
+_KEPT_DAMAGE = 0.015
+#: Before a repair phase only a wreck backtracks (accuracy lost beyond this): repair gives
+#: back transient damage.
+_WRECKED_BEFORE_REPAIR = 0.25
+#: Share of the budget kept for the repair phase (at least; reaching the target early
+#: leaves more).
+_REPAIR_SHARE = 0.15
+#: Retained records per repair step.
+_REPAIR_BATCH = 64
 #: Checks of the forget accuracy per run (the landing rule's checkpoints).
 _CHECKS = 20
 #: A run that lands further than this from a known target warns.
@@ -395,19 +406,23 @@ class _NeuralUnlearner(Unlearner):
         tolerance: float,
         after_step: Callable[[], None] | None = None,
         records_per_step: int = 0,
+        repair_loss: Callable[[int], torch.Tensor] | None = None,
+        repair_records: int = 0,
+        records_budget: float | None = None,
     ) -> dict[str, float]:
-        """Run ``steps`` optimiser steps of ``loss_of_step`` and land (module docstring).
+        """Run the method's steps, then repair, and land (module docstring).
 
         ``loss_of_step(step)`` returns the loss of step ``step`` (from 0);
         ``after_step()`` runs after every successful step (e.g. a mask restoring frozen
-        weights). Returns the diagnostics.
+        weights); ``repair_loss(step)``, when given, is the loss of the repair phase (it
+        reads ``repair_records`` retained records per step). Returns the diagnostics.
         """
         _, generator = _seed_generators(self.seed, 10_000 + self._request_index())
         X_f, y_f = self._inputs(change.before), self._labels(change.before.y)
         # the checks watch fixed, seeded samples: their cost stays small next to the steps
         # checks forward at most ~half of what the steps forward and backward (one
         # backward ~ two forwards), within [_MIN_CHECK, _CHECK_SAMPLE] records per set
-        share = 0.5 * 3 * steps * records_per_step / (3 * max(1, checks))
+        share = 0.5 * 3 * steps * max(1, records_per_step) / (3 * max(1, 2 * checks))
         n_check = int(min(_CHECK_SAMPLE, max(_MIN_CHECK, share)))
         checked = torch.randperm(len(change.before), generator=generator)[:n_check]
         X_f, y_f = X_f[checked.to(X_f.device)], y_f[checked.to(y_f.device)]
@@ -429,22 +444,48 @@ class _NeuralUnlearner(Unlearner):
             holdout_before = self._accuracy(X_h, y_h)
 
         def score(forget_acc: float, retain_acc: float) -> tuple[float, float]:
-            """(landing score, damage): a proxy of the average gap to retraining, forget
-            accuracy off its target plus accuracy lost on retained and held-out records."""
-            damage = max(0.0, retain_before - retain_acc)
+            """(landing score, damage): a proxy of the avg gap to retraining. The forget
+            accuracy off its target counts twice (it drives both the forget-accuracy and
+            the MIA-efficacy gaps), accuracy lost on retained and on held-out records once
+            each (the retain and test gaps); damage is the larger of the two losses."""
+            lost_retain = max(0.0, retain_before - retain_acc)
+            lost_holdout = 0.0
             if holdout is not None:
-                damage = max(damage, holdout_before - self._accuracy(X_h, y_h))
-            return abs(forget_acc - target) + _DAMAGE * damage, damage
+                lost_holdout = max(0.0, holdout_before - self._accuracy(X_h, y_h))
+            proxy = 2 * abs(forget_acc - target) + lost_retain + lost_holdout
+            return proxy, max(lost_retain, lost_holdout)
 
         best_score, _ = score(forget_before, retain_before)
         best_step, best_state = 0, self._module_state()
         best_accs = (forget_before, retain_before)
+        if records_budget is None:
+            records_budget = steps * max(1, records_per_step)
+        # with a repair phase the method's own steps may spend at most part of the budget;
+        # what they leave goes to repair
+        impair_cap = steps if repair_loss is None else max(1, int(steps * (1 - _REPAIR_SHARE)))
+        # transient damage is what repair is for: only a wreck backtracks before repair
+        wrecked = _WRECKED if repair_loss is None else _WRECKED_BEFORE_REPAIR
         every = max(1, steps // max(1, checks))
-        steps_taken = since = halvings = 0
+        steps_taken = since = halvings = repair_taken = 0
         diverged = reached = False
         if forget_before <= target:
             reached = True
-        while steps_taken < steps and not (reached or diverged):
+
+        def check(step: int) -> float:
+            """Measure, keep the checkpoint if it is the best so far; return the damage."""
+            nonlocal best_score, best_step, best_state, best_accs
+            labels, finite = predict_labels(self._module, X_f, with_finite=True)
+            forget_acc = float((labels == y_f).float().mean())
+            retain_acc = self._accuracy(X_r, y_r)
+            current, damage = score(forget_acc, retain_acc) if finite else (math.inf, 1.0)
+            if current < best_score and damage <= _KEPT_DAMAGE:  # a damaged model never lands
+                best_score, best_step = current, step
+                best_state = self._module_state()
+                best_accs = (forget_acc, retain_acc)
+            self._last_forget_acc = forget_acc
+            return damage
+
+        while steps_taken < impair_cap and not (reached or diverged):
             if not self._step(optimizer, loss_of_step(steps_taken)):
                 diverged = True
                 break
@@ -455,17 +496,10 @@ class _NeuralUnlearner(Unlearner):
             # regular checks, plus checks at steps 1, 2, 4, 8, ... of every (re)start:
             # ascent and random labels can cross the target within the first few steps
             early = since < every and since & (since - 1) == 0
-            if not (early or steps_taken % every == 0 or steps_taken == steps):
+            if not (early or steps_taken % every == 0 or steps_taken == impair_cap):
                 continue
-            labels, finite = predict_labels(self._module, X_f, with_finite=True)
-            forget_acc = float((labels == y_f).float().mean())
-            retain_acc = self._accuracy(X_r, y_r)
-            current, damage = score(forget_acc, retain_acc) if finite else (math.inf, 1.0)
-            if current < best_score and damage <= _WRECKED:  # a wrecked model never lands
-                best_score, best_step = current, steps_taken
-                best_state = self._module_state()
-                best_accs = (forget_acc, retain_acc)
-            if damage > _WRECKED:
+            damage = check(steps_taken)
+            if damage > wrecked:
                 # the step size is too large for this network: back to the best checkpoint,
                 # half the learning rate, forget the momentum (a backtracking line search)
                 if halvings == _MAX_HALVINGS:
@@ -477,12 +511,35 @@ class _NeuralUnlearner(Unlearner):
                     group["lr"] *= 0.5
                 since = 0
                 continue
-            reached = forget_acc <= target
+            reached = self._last_forget_acc <= target
+
+        if repair_loss is not None and not diverged:
+            # Repair: retained records only, the learning rate decaying linearly to 0 (the
+            # fine-tuning phase of SCRUB's min steps and of impair-repair schemes): it gives
+            # back what the steps above cost the retained and unseen records, while
+            # forget records that only memorisation held stay forgotten.
+            left = records_budget - steps_taken * max(1, records_per_step)
+            repair_steps = max(0, int(left // max(1, repair_records)))
+            optimizer.state.clear()
+            lr0 = [group["lr"] for group in optimizer.param_groups]
+            every_repair = max(1, repair_steps // max(1, checks // 2))
+            for k in range(repair_steps):
+                for group, lr in zip(optimizer.param_groups, lr0, strict=True):
+                    group["lr"] = lr * (1 - k / repair_steps)
+                if not self._step(optimizer, repair_loss(k)):
+                    diverged = True
+                    break
+                if after_step is not None:
+                    after_step()
+                repair_taken += 1
+                if repair_taken % every_repair == 0 or repair_taken == repair_steps:
+                    check(steps_taken + repair_taken)
         self._module.load_state_dict(best_state)
         self._finish()
         done = best_step
         forget_after, retain_after = best_accs
         missed = abs(forget_after - target) > tolerance and source != "fallback"
+        work = records_per_step * steps_taken + repair_records * repair_taken
         diagnostics = {
             "target_forget_accuracy": target,
             "target_known": float(source != "fallback"),
@@ -492,10 +549,11 @@ class _NeuralUnlearner(Unlearner):
             "forget_accuracy": forget_after,
             "retain_sample_accuracy_before": retain_before,
             "retain_sample_accuracy": retain_after,
-            "steps": float(steps_taken),
+            "steps": float(steps_taken + repair_taken),
+            "repair_steps": float(repair_taken),
             "landed_at_step": float(done),
             "budget_steps": float(steps),
-            "work_fraction": records_per_step * steps_taken / self._training_records(),
+            "work_fraction": work / self._training_records(),
             "target_reached": float(abs(forget_after - target) <= tolerance),
             "target_missed": float(missed),
             "diverged": float(diverged),
@@ -518,19 +576,53 @@ class _NeuralUnlearner(Unlearner):
         budget: float,
         records_per_step: int,
         after_step: Callable[[], None] | None = None,
+        repair: bool | Callable[[int], torch.Tensor] = True,
+        repair_records: int = 0,
+        lr: float | None = None,
     ) -> dict[str, float]:
-        """:meth:`_deletion_loop` with a fresh optimiser, the budget and the defaults."""
+        """:meth:`_deletion_loop` with a fresh optimiser, the budget and the defaults.
+
+        ``repair``: True for the default repair phase (cross-entropy on batches of
+        ``_REPAIR_BATCH`` retained records), a loss of the step for a method's own (it then
+        reads ``repair_records`` records per step), or False for none.
+        """
+        repair_loss = None
+        if repair is True:
+            repair_loss, repair_records = self._default_repair(change), _REPAIR_BATCH
+        elif callable(repair):
+            repair_loss = repair
+        optimizer = self._optimizer()
+        if lr is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
         return self._deletion_loop(
             change,
             loss_of_step,
             steps=self._budget_steps(budget, records_per_step),
-            optimizer=self._optimizer(),
+            optimizer=optimizer,
             checks=_CHECKS,
             fallback_drop=_FALLBACK_DROP,
             tolerance=_TOLERANCE,
             after_step=after_step,
             records_per_step=records_per_step,
+            repair_loss=repair_loss,
+            repair_records=repair_records,
+            records_budget=budget * self._training_records(),
         )
+
+    def _default_repair(self, change: Change) -> Callable[[int], torch.Tensor]:
+        """Cross-entropy on seeded batches of retained records."""
+        _, generator = _seed_generators(self.seed, 20_000 + self._request_index())
+        retain = change.result
+        stream = _Stream(self._inputs(retain), self._labels(retain.y), _REPAIR_BATCH, generator)
+        module = self._module
+
+        def repair_loss(step: int) -> torch.Tensor:
+            X, y, _ = stream.next()
+            set_train_mode(module, self.bn_mode, X.shape[0])
+            return nn.functional.cross_entropy(module(X), y)
+
+        return repair_loss
 
     def _training_records(self) -> float:
         epochs = getattr(self.model_, "epochs", None)

@@ -126,9 +126,11 @@ class _Deletion(_NeuralUnlearner):
             self._inputs(retain), self._labels(retain.y), self.batch_size, generator
         )
         diagnostics: dict[str, float] = {}
-        loss_of_step, after_step = self._losses(
+        loss_of_step, after_step, repair = self._losses(
             change, forget_stream, retain_stream, generator, diagnostics
         )
+        if repair is None:
+            repair = self._repair(retain_stream)
         per_step = self._records_per_step(len(change.before), len(retain))
         diagnostics.update(
             self._run_deletion(
@@ -137,9 +139,22 @@ class _Deletion(_NeuralUnlearner):
                 budget=self.budget,
                 records_per_step=per_step,
                 after_step=after_step,
+                repair=repair,
+                repair_records=self.batch_size,
             )
         )
         return Outcome(diagnostics=diagnostics)
+
+    def _repair(self, retain: _Stream) -> Any:
+        """The repair phase's loss (``_run_deletion``'s ``repair``): cross-entropy on
+        retained batches of ``batch_size``; methods with their own override."""
+
+        def repair_loss(step: int) -> torch.Tensor:
+            X_r, y_r, _ = retain.next()
+            self._train_mode(X_r.shape[0])
+            return nn.functional.cross_entropy(self._module(X_r), y_r)
+
+        return repair_loss
 
     def _losses(
         self,
@@ -148,8 +163,9 @@ class _Deletion(_NeuralUnlearner):
         retain: _Stream,
         generator: torch.Generator,
         diagnostics: dict[str, float],
-    ) -> tuple[Any, Any]:
-        """``(loss_of_step, after_step or None)`` for this request."""
+    ) -> tuple[Any, Any, Any]:
+        """``(loss_of_step, after_step or None, repair)`` for this request; ``repair`` is
+        the repair phase's loss, None for the default (:meth:`_repair`) or False for none."""
         raise NotImplementedError
 
     def _train_mode(self, n: int) -> None:
@@ -273,7 +289,7 @@ class SalUn(_Deletion):
             for n, m in mask.items():
                 named[n].copy_(torch.where(m, named[n], anchor[n]))
 
-        return loss_of_step, after_step
+        return loss_of_step, after_step, None
 
 
 def _kl_to_teacher(student: torch.Tensor, teacher: torch.Tensor, T: float) -> torch.Tensor:
@@ -403,13 +419,7 @@ class SCRUB(_Deletion):
         period = self._period(len(forget), len(retain))
         T = float(self.temperature)
 
-        def loss_of_step(step: int) -> torch.Tensor:
-            if step < max_until and step % period == 0:
-                X_f, _, _ = forget.next()
-                self._train_mode(X_f.shape[0])
-                with torch.no_grad():
-                    target = teacher(X_f)
-                return -_kl_to_teacher(self._module(X_f), target, T)
+        def min_step(step: int) -> torch.Tensor:
             X_r, y_r, _ = retain.next()
             self._train_mode(X_r.shape[0])
             with torch.no_grad():
@@ -419,7 +429,16 @@ class SCRUB(_Deletion):
                 logits, target, T
             ) + self.gamma * nn.functional.cross_entropy(logits, y_r)
 
-        return loss_of_step, None
+        def loss_of_step(step: int) -> torch.Tensor:
+            if step < max_until and step % period == 0:
+                X_f, _, _ = forget.next()
+                self._train_mode(X_f.shape[0])
+                with torch.no_grad():
+                    target = teacher(X_f)
+                return -_kl_to_teacher(self._module(X_f), target, T)
+            return min_step(step)
+
+        return loss_of_step, None, min_step
 
 
 @register
@@ -508,7 +527,7 @@ class NegGradPlus(_Deletion):
                 away = complement_loss(logits[:b], y_f).mean()
             return self.alpha * ce_r + (1 - self.alpha) * away
 
-        return loss_of_step, None
+        return loss_of_step, None, None
 
 
 @register
@@ -593,4 +612,5 @@ class L1Sparse(_Deletion):
                 loss = loss + weight * sum(p.abs().sum() for p in params)
             return loss
 
-        return loss_of_step, None
+        # fine-tuning on retained records is a repair phase already
+        return loss_of_step, None, False
