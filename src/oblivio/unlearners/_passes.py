@@ -3,10 +3,10 @@
 One pass reads ``X`` once, in blocks of ``BLOCK`` rows that stay in cache for both products
 ``A = X s^T`` and ``G = X^T (weights * A)``. The products run in ``X``'s dtype (float32 for
 the shadow copy the per-step pass reads); the blocks' contributions to ``G`` are summed in
-float64. The rounding analysis in :mod:`oblivio.unlearners.certified` (``_measure``) holds for
-any summation order across blocks, so the rows may be split into contiguous ranges run by
-threads (``workers``) or by Dask workers holding their rows; the result is then rigorous
-in the same way.
+float64. The rounding analysis in :mod:`oblivio.unlearners._certified_step` (``_measure``)
+holds for any summation order across blocks, so the rows may be split into contiguous ranges
+run by threads (``workers``) or by Dask workers holding their rows; the result is then
+rigorous in the same way.
 
 ``X`` may be a :class:`numpy.memmap` (out-of-core data): blocks are read in order and only a
 block at a time is resident beyond what the operating system caches.
