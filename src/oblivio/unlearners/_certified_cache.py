@@ -36,11 +36,7 @@ class HessianCacheMixin:
 
     def _hessian(self, X: Any, weights: np.ndarray, count: int) -> np.ndarray:
         """``X^T diag(weights) X + lam * count * I`` (weights zero outside the class's rows)."""
-        if sp.issparse(X) or isinstance(X, BlockedRows):
-            H = _weighted_gram(X, weights)
-        else:
-            rows = np.flatnonzero(weights)
-            H = _weighted_gram(X[rows], weights[rows])
+        H = _weighted_gram(X, weights)
         H[np.diag_indices_from(H)] += self._l2 * count
         return H
 

@@ -21,6 +21,7 @@ from oblivio.linalg.spectral import spectral_norm_bound
 GAMMA = 0.25  # Lipschitz constant used for l'' of the logistic loss (any >= 1/(6 sqrt 3) works)
 _ROW_NORM_TOL = 1e-6
 _GRAM_LIMIT = 4096  # largest d for which the Gram matrix X^T X is kept
+_GRAM_BLOCK = 4096  # rows per rank-k update of a weighted Gram matrix
 _UNIT = np.finfo(np.float64).eps / 2
 _UNIT32 = float(np.finfo(np.float32).eps) / 2
 
@@ -48,8 +49,8 @@ def _row_norms(X: Any) -> np.ndarray:
     X = np.asarray(X)
     if needs_blocking(X.reshape(X.shape[0], -1)):  # float32 / memory-mapped: no float64 copy
         return BlockedRows(X.reshape(X.shape[0], -1)).row_norms()
-    X = np.asarray(X, dtype=np.float64)
-    return np.linalg.norm(X.reshape(X.shape[0], -1), axis=1)
+    X = np.asarray(X, dtype=np.float64).reshape(X.shape[0], -1)
+    return np.sqrt(np.einsum("ij,ij->i", X, X))
 
 
 def _frobenius_sq(X: Any) -> float:
@@ -134,7 +135,9 @@ def _set_inverse(cache: dict[str, Any], k: int, inverse: np.ndarray) -> None:
 def _weighted_gram(X: Any, weights: np.ndarray | None) -> np.ndarray:
     """``X^T diag(weights) X`` as a dense array (``weights=None``: all ones).
 
-    Non-negative weights on dense data use the symmetric rank-k update (half the flops).
+    Non-negative weights on dense data use the symmetric rank-k update (half the flops),
+    accumulated over blocks of ``_GRAM_BLOCK`` rows (no scaled copy of ``X``); rows of
+    weight zero are skipped.
     """
     if sp.issparse(X):
         scaled = X if weights is None else X.multiply(weights[:, None])
@@ -143,9 +146,20 @@ def _weighted_gram(X: Any, weights: np.ndarray | None) -> np.ndarray:
         return X.weighted_gram(weights)
     if weights is not None and np.any(weights < 0):
         return X.T @ (X * weights[:, None])
-    scaled = X if weights is None else X * np.sqrt(weights)[:, None]
-    upper = scipy.linalg.blas.dsyrk(1.0, np.asarray(scaled, dtype=np.float64).T, trans=0)
-    return np.triu(upper) + np.triu(upper, 1).T
+    rows = None if weights is None else np.flatnonzero(weights)
+    if rows is not None and rows.size == X.shape[0]:
+        rows = None
+    count = X.shape[0] if rows is None else rows.size
+    upper = np.zeros((X.shape[1], X.shape[1]), order="F")
+    for low in range(0, count, _GRAM_BLOCK):
+        index = slice(low, low + _GRAM_BLOCK) if rows is None else rows[low : low + _GRAM_BLOCK]
+        part = np.asarray(X[index], dtype=np.float64)
+        if weights is not None:
+            part = part * np.sqrt(weights[index])[:, None]
+        upper = scipy.linalg.blas.dsyrk(1.0, part.T, beta=1.0, c=upper, trans=0, overwrite_c=1)
+    gram = np.triu(upper)
+    gram += np.triu(upper, 1).T
+    return gram
 
 
 def _signs(y: np.ndarray, K: int) -> np.ndarray:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import scipy.linalg
+import scipy.optimize
 import scipy.stats
 
 from oblivio.data import Dataset
@@ -26,9 +27,10 @@ from oblivio.unlearners._certified_numerics import (
     _signs,
     _weighted_gram,
 )
+from oblivio.unlearners._passes import logistic_pass
 from oblivio.unlearners.base import StateError
 
-_COARSE_ITER = 45  # L-BFGS iterations before the chord-Newton polish of a certified fit
+_COARSE_ITER = 25  # L-BFGS iterations before the chord-Newton polish of a certified fit
 _CHORD_STEPS = 40
 
 
@@ -111,25 +113,34 @@ class StateMixin:
         Hessians instead of Newton polishing plus a set. Falls back to ``model.fit`` (warm
         started) if the chord steps stall. Returns ``(w0, cache)`` or None.
         """
-        coarse = model.clone()
-        coarse.noise = model.noise
-        coarse.tol = math.inf  # only the L-BFGS phase
-        coarse.max_iter = _COARSE_ITER
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            coarse.fit(data)
-        W0 = coarse.coef_.copy()
         X = model.design_matrix(data.X)
         X = _dense64(X)
         self._K, self._l2 = K, float(model.l2)
         S = _signs(data.y, K)
+        X32 = _float32_shadow(X)
+        gram = _weighted_gram(X, None) if X32 is not None else None
+        self._fit_shadow = (X, X32, gram)  # reused by _build
+        if X32 is not None:
+            W0, coarse_iter = self._coarse_fit(X32, S, model.noise, (K, X.shape[1]), gram)
+        else:
+            coarse = model.clone()
+            coarse.noise = model.noise
+            coarse.tol = math.inf  # only the L-BFGS phase
+            coarse.max_iter = _COARSE_ITER
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                coarse.fit(data)
+            W0, coarse_iter = coarse.coef_.copy(), int(getattr(coarse, "n_iter_", 0))
         mask = np.ones((len(data), K), dtype=bool)
         counts = mask.sum(axis=0)
         cache = self._fresh_cache(X, np.asarray(X @ W0.T), mask, counts, range(K), None)
         noise = 0.0 if model.noise is None else np.asarray(model.noise).reshape(W0.shape)
         W = W0
         for chord_steps in range(_CHORD_STEPS):  # noqa: B007 (counted into n_iter_)
-            grad = np.asarray(X.T @ _loss_slope(np.asarray(X @ W.T), S)).T
+            if X32 is None:
+                grad = np.asarray(X.T @ _loss_slope(np.asarray(X @ W.T), S)).T
+            else:  # dense float64: one blocked read of X for both products
+                grad = logistic_pass(X, W, S)[1]
             grad += self._l2 * len(data) * W + noise
             if float(np.linalg.norm(grad)) <= model.tol:
                 break
@@ -145,8 +156,61 @@ class StateMixin:
             return W0, cache
         meta = {"shape": [K, W.shape[1]], "mode": model.mode(data.n_classes)}
         model.set_state({"theta": W.ravel(), "noise": model.noise, "__meta__": meta})
-        model.n_iter_ = int(getattr(coarse, "n_iter_", 0)) + chord_steps
+        model.n_iter_ = coarse_iter + chord_steps
         return W0, cache
+
+    def _coarse_fit(
+        self,
+        X32: np.ndarray,
+        S: np.ndarray,
+        noise: Any,
+        shape: tuple[int, int],
+        gram: np.ndarray,
+    ) -> tuple[np.ndarray, int]:
+        """``_COARSE_ITER`` preconditioned L-BFGS iterations on the stacked objective ``L_b``.
+
+        Preconditioner: ``P = X^T X / 4 + lam n I``, the Hessian of every class at ``w = 0``
+        and an upper bound on it everywhere (``l'' <= 1/4``; Böhning's bound). L-BFGS runs
+        on ``v = L^T w`` (``P = L L^T``), where the Hessian ``L^-1 H L^-T`` has its spectrum
+        in ``(0, 1]``: about half the iterations of plain L-BFGS for the same gradient norm
+        on Fashion-MNIST. ``X^T X`` is the Gram matrix the certificate's norm bounds need
+        anyway. Each evaluation is one blocked pass over the float32 shadow of ``X``
+        (:func:`~oblivio.unlearners._passes.logistic_pass`): half the memory traffic of
+        float64 and one read of ``X`` for both products. Only the starting point of the
+        float64 chord-Newton polish comes from here; the optimum's accuracy and the
+        measured residual ``r_0`` do not depend on it. Returns ``(W0, iterations)``.
+        """
+        n = X32.shape[0]
+        lam = self._l2
+        flat_noise = None if noise is None else np.asarray(noise, dtype=np.float64).ravel()
+        P = 0.25 * gram
+        P[np.diag_indices_from(P)] += lam * n
+        L = scipy.linalg.cholesky(P, lower=True, check_finite=False)
+
+        def weights(v: np.ndarray) -> np.ndarray:  # w = L^-T v, one row per class
+            V = v.reshape(shape).T
+            return scipy.linalg.solve_triangular(L, V, lower=True, trans="T").T
+
+        def objective(v: np.ndarray) -> tuple[float, np.ndarray]:
+            W = weights(v)
+            flat = W.ravel()
+            loss, grad = logistic_pass(X32, W, S)
+            value = loss + 0.5 * lam * n * float(flat @ flat)
+            grad += lam * n * W
+            if flat_noise is not None:
+                value += float(flat_noise @ flat)
+                grad += flat_noise.reshape(shape)
+            grad_v = scipy.linalg.solve_triangular(L, grad.T, lower=True).T  # L^-1 grad
+            return value / n, grad_v.ravel() / n
+
+        solution = scipy.optimize.minimize(
+            objective,
+            np.zeros(shape[0] * shape[1]),
+            jac=True,
+            method="L-BFGS-B",
+            options={"maxiter": _COARSE_ITER, "gtol": 1e-12, "ftol": 1e-15, "maxcor": 20},
+        )
+        return weights(solution.x), int(solution.nit)
 
     def _prepare(self) -> None:
         member = getattr(self, "_pending_member", None)
@@ -170,7 +234,11 @@ class StateMixin:
         X = model.design_matrix(data.X)
         X = _dense64(X)
         self._X = X
-        self._X32 = _float32_shadow(X)
+        shadow = getattr(self, "_fit_shadow", None)
+        self._fit_shadow = None
+        if shadow is None or shadow[0] is not X:
+            shadow = (X, _float32_shadow(X), None)
+        self._X32 = shadow[1]
         self._zerr = np.zeros(K)  # bound on |Z - exact margins| from float32 updates
         self._base = data
         self._active = np.ones(len(data), dtype=bool)
@@ -189,7 +257,7 @@ class StateMixin:
         # removals, so sqrt(v^T G v) bounds ||X' v|| in O(d^2) (used by the bounds below)
         self._gram = None
         if X.shape[1] <= _GRAM_LIMIT:
-            self._gram = _weighted_gram(X, None)
+            self._gram = shadow[2] if shadow[2] is not None else _weighted_gram(X, None)
         if self.subsample is None:
             self._xnorm = np.full(K, _norm_bound(X, self._gram))
         else:
