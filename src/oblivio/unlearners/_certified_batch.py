@@ -76,7 +76,7 @@ class BatchingMixin:
         mask = self._mask()
         removed = np.zeros_like(mask)
         removed[positions] = mask[positions]
-        m = removed.sum(axis=0)
+        m = removed[np.unique(positions)].sum(axis=0)  # not a pass over all n rows
         new_mask = mask & ~removed
         counts = self._counts - m
         X_removed = _rows(self._X, positions)

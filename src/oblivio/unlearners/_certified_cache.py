@@ -143,12 +143,12 @@ class HessianCacheMixin:
         stale (``None``); it is only needed after a refresh, which recomputes it.
         """
         cache = self._cache
-        gone = cache["fmask"] & ~mask
-        if int(gone.sum(axis=0).max(initial=0)) < _FOLD_ROWS:
+        removed = self._removed_since(cache, mask)
+        if max((rows.size for rows in removed), default=0) < _FOLD_ROWS:
             return None
         cache = self._copy_cache(cache, None, mask, None)
         for k in range(self._K):
-            rows = np.flatnonzero(gone[:, k])
+            rows = removed[k]
             weights = cache["cf"][rows, k]
             keep = weights > 0
             if np.any(keep):
@@ -168,6 +168,21 @@ class HessianCacheMixin:
             cache["cf"][rows, k] = 0.0
         return cache
 
+    def _removed_since(self, cache: dict[str, Any], mask: np.ndarray) -> list[np.ndarray]:
+        """Per class, the rows in ``H~`` (``fmask``) that ``mask`` no longer has.
+
+        Remembered for the last ``(fmask, mask)`` pair (held, so identity is safe; neither
+        is changed in place once made): a step asks for them once per class and solve.
+        """
+        memo = getattr(self, "_removed_memo", None)
+        if memo is not None and memo[0] is cache["fmask"] and memo[1] is mask:
+            return memo[2]
+        gone = cache["fmask"] & ~mask
+        candidates = np.flatnonzero(gone.any(axis=1))
+        rows = [candidates[gone[candidates, k]] for k in range(gone.shape[1])]
+        self._removed_memo = (cache["fmask"], mask, rows)
+        return rows
+
     def _cached_operator(
         self, X: Any, mask: np.ndarray, counts: np.ndarray, cache: dict[str, Any], k: int
     ) -> tuple[Any, int]:
@@ -176,7 +191,7 @@ class HessianCacheMixin:
         ``Hf = H~ - sum_{removed since} cf_i x_i x_i^T - lam (nf - n') I`` is the cached
         Hessian restricted to the current rows (``r`` rows removed since the refresh).
         """
-        rows = np.flatnonzero(cache["fmask"][:, k] & ~mask[:, k])
+        rows = self._removed_since(cache, mask)[k]
         Xr = _rows(X, rows)
         weights = cache["cf"][rows, k]
         shift = self._l2 * (cache["nf"][k] - counts[k])
@@ -196,6 +211,7 @@ class HessianCacheMixin:
         touched: Any,
         cache: dict[str, Any],
         rtol: float = 1e-10,
+        products: dict[int, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, int, np.ndarray]:
         """Solve ``Hf s = rhs`` by iterative refinement preconditioned with ``H~``.
 
@@ -204,6 +220,8 @@ class HessianCacheMixin:
         (``k`` rows removed since the refresh) and contracts the error by about ``k / n``.
         Returns the solution, the iteration count and the exact norms ``||rhs - Hf s||``.
         Exactness is not needed for rigour: whatever ``s`` results, the bound covers it.
+        ``products``, if given, receives ``Hf s_k`` per class (the float64 products the
+        refinement formed anyway, for :meth:`_measure`).
         """
         s = np.zeros_like(rhs)
         left = np.zeros(rhs.shape[0])
@@ -217,20 +235,24 @@ class HessianCacheMixin:
             target = rhs[k]
             floor = rtol * float(np.linalg.norm(target))
             sk = (Hinv @ target.astype(np.float32)).astype(np.float64)
-            residual = target - apply(sk)
+            product = apply(sk)
+            residual = target - product
             size = float(np.linalg.norm(residual))
             for _ in range(30):
                 if size <= floor:
                     break
                 candidate = sk + Hinv @ residual.astype(np.float32)
-                new_residual = target - apply(candidate)
+                new_product = apply(candidate)
+                new_residual = target - new_product
                 new_size = float(np.linalg.norm(new_residual))
                 iterations += 1
                 if new_size >= size:
                     break  # stagnation (rounding) or no contraction: keep the best
-                sk, residual, size = candidate, new_residual, new_size
+                sk, product, residual, size = candidate, new_product, new_residual, new_size
             s[k] = sk
             left[k] = size
+            if products is not None:
+                products[k] = product
         return s, iterations, left
 
     def _solver_mode(self) -> str:

@@ -66,7 +66,6 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 import scipy.stats
-from scipy.special import expit
 
 from oblivio.data.blocked import BlockedRows
 from oblivio.unlearners._certified_cache import HessianCacheMixin
@@ -100,8 +99,13 @@ class NewtonStepMixin(HessianCacheMixin):
         *,
         zerr: np.ndarray | None = None,
         cache: dict[str, Any] | None = None,
+        products: dict[int, np.ndarray] | None = None,
     ) -> dict[str, Any]:
         """One pass over ``X``: ``a = X s``, ``T2 >= ||H'(w) s - Delta||`` and ``T1``.
+
+        ``products`` holds ``Hf s_k`` already formed (in float64, by the same operator) for
+        this ``s``, ``cache`` and ``mask`` (:meth:`_cached_solve`); missing classes are
+        formed here.
 
         ``Z`` may lag the exact margins by a deferred correction ``X p^T`` with
         ``||p_k|| = p_norm[k]`` and by at most ``zerr[k]`` per row (float32 updates): the
@@ -137,8 +141,7 @@ class NewtonStepMixin(HessianCacheMixin):
             n0, d = X.shape
             # curvatures and their drift, zero outside the mask; in place, as these (n, K)
             # element-wise passes cost as much as the float32 pass itself
-            curvature = expit(Z)
-            curvature *= 1.0 - curvature
+            curvature = _curvature(Z)
             dc = curvature - cache["cf"]
             _apply_mask(mask, curvature, dc)
             A32, HS = fused_pass(
@@ -157,7 +160,7 @@ class NewtonStepMixin(HessianCacheMixin):
                 if not np.any(s[k]):
                     continue
                 apply, removed = self._cached_operator(X, mask, counts, cache, k)
-                HS[k] += apply(s[k])
+                HS[k] += apply(s[k]) if products is None or k not in products else products[k]
                 h_norm = math.sqrt(d) * (GAMMA * xnorm[k] ** 2 + lam * cache["nf"][k])
                 hs_err[k] += 16.0 * (d + removed + 2) * _UNIT * h_norm * s_norm[k]
                 # forming H~ = sum cf_i x_i x_i^T erred by <= gamma_n || |X|^T C |X| ||_2
@@ -187,12 +190,15 @@ class NewtonStepMixin(HessianCacheMixin):
             )
         r2 = HS - Delta
         root_n = np.sqrt(counts.astype(np.float64))
-        squares = A * A
-        a2 = np.sqrt(squares.sum(axis=0)) + root_n * e_a  # upper bounds on the exact norms
-        a_inf = (np.max(np.abs(A), axis=0) if A.size else np.zeros(K)) + e_a
+        squares = np.square(A)
+        ones = np.ones(squares.shape[0])
+        # upper bounds on the exact norms (the (1 + 4u) covers rounding a^2 and its root)
+        a2 = np.sqrt(ones @ squares) + root_n * e_a
         a4 = np.einsum("ik,ik->k", squares, squares) ** 0.25 + np.sqrt(root_n) * e_a
         lag = GAMMA * self._R * p_norm * a2  # |c~_i - c_i| <= gamma R ||p||
-        if p_image is not None:  # or ||c~ - c||_2 <= gamma ||X' p||_2, times ||a||_inf
+        if p_image is not None and np.any(lag):  # or ||c~ - c||_2 <= gamma ||X' p||_2, times
+            top = squares.max(axis=0) if A.size else np.zeros(K)  # ... ||a||_inf
+            a_inf = np.sqrt(top) * (1.0 + 4.0 * _UNIT) + e_a
             lag = np.minimum(lag, GAMMA * p_image * a_inf)
         err = xnorm * (lag + GAMMA * zerr * a2) + hs_err
         T2 = np.linalg.norm(r2, axis=1) + err
@@ -311,6 +317,7 @@ class NewtonStepMixin(HessianCacheMixin):
                 zerr = np.zeros(K)
 
         mode = self._solver_mode()
+        first_products = None  # Hf s per class, formed by the cached solve
         if mode == "cg":  # the lagging margins' error is accounted in the measured T2
             s, iterations = self._cg_steps(X, Z, mask, counts, Delta, touched)
         elif mode == "exact" or refresh_all:
@@ -333,24 +340,37 @@ class NewtonStepMixin(HessianCacheMixin):
                 cache = self._cache = folded
             # solve error lands in T2, which is measured and, if large, corrected
             rtol = 1e-6 if self.refine >= 1 else 1e-10
+            first_products = {}
             s, iterations, _ = self._cached_solve(
-                X, mask, counts, Delta, touched, self._cache, rtol=rtol
+                X, mask, counts, Delta, touched, self._cache, rtol=rtol, products=first_products
             )
 
-        def measure() -> dict[str, Any]:
+        def measure(products: dict[int, np.ndarray] | None = None) -> dict[str, Any]:
             p_norm = np.linalg.norm(pending, axis=1)
             p_image = self._image_norm(pending, xnorm)
             current = None
             if mode == "amortized":
                 current = self._cache if cache is None else cache
             out = self._measure(
-                X, Z, p_norm, S, mask, counts, s, Delta, xnorm, p_image, zerr=zerr, cache=current
+                X,
+                Z,
+                p_norm,
+                S,
+                mask,
+                counts,
+                s,
+                Delta,
+                xnorm,
+                p_image,
+                zerr=zerr,
+                cache=current,
+                products=products,
             )
             out["p_image"] = p_image
             out["cache"] = current
             return out
 
-        m = measure()
+        m = measure(first_products)
         tiny = 1e-12 * (1.0 + np.linalg.norm(Delta, axis=1))
         # steps whose curvature term is negligible against the budget need no refresh: the
         # correction term may then reach refresh * 1e-5 * budget (<= 0.5% of the budget per
