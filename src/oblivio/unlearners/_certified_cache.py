@@ -7,6 +7,7 @@ and inverse, folds removed rows into them (Woodbury) and refreshes them partiall
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,7 @@ _FOLD_ROWS = 64  # fold removed rows into the cached inverse once this many have
 _PARTIAL_SHARE = 0.02  # share of rows whose curvature a partial refresh updates
 _CG_RTOL = 1e-5  # relative residual of the matrix-free step (what it leaves is in T2)
 _CG_MAXITER = 500
+_CG_HEAD = 256  # most frequent sparse columns whose Hessian block preconditions CG
 
 
 class HessianCacheMixin:
@@ -261,6 +263,76 @@ class HessianCacheMixin:
             return "cg"
         return self.hessian
 
+    def _head_preconditioner(
+        self, X: Any, used: np.ndarray, inverse: np.ndarray, k: int
+    ) -> Callable[[np.ndarray], np.ndarray]:
+        """``v -> M^-1 v`` for CG on the columns ``used``: Jacobi, except on the ``_CG_HEAD``
+        most frequent columns of sparse ``X``, where ``M`` is the exact Hessian block.
+
+        Hashed features are Zipf-distributed: the head columns occur in most rows and their
+        correlations make the large eigenvalues that Jacobi misses (about half the CG
+        iterations on the scaling benchmark's data). The block ``X_h^T diag(c) X_h + lam n I``
+        and its Cholesky factor are formed once per design matrix, at the curvatures ``c``
+        of that moment (removals only make the preconditioner less exact; ``M`` stays SPD,
+        and the step is measured exactly afterwards).
+        """
+
+        def jacobi(v: np.ndarray) -> np.ndarray:
+            return inverse * v
+
+        if not sp.issparse(X):
+            return jacobi
+        head, factors = self._head_blocks(X)
+        positions = np.searchsorted(used, head)
+        if head.size == 0 or np.any(positions >= used.size) or np.any(used[positions] != head):
+            return jacobi
+        factor = factors[k]
+
+        def block(v: np.ndarray) -> np.ndarray:
+            out = inverse * v
+            out[positions] = scipy.linalg.cho_solve(factor, v[positions], check_finite=False)
+            return out
+
+        return block
+
+    def _head_blocks(self, X: sp.csr_matrix) -> tuple[np.ndarray, list[Any]]:
+        """The head columns of ``X`` and the per-class factors of their Hessian block."""
+        memo = getattr(self, "_head_memo", None)
+        if memo is not None and memo[0] is X:
+            return memo[1], memo[2]
+        frequency = np.bincount(X.indices, minlength=X.shape[1])
+        head = np.flatnonzero(frequency)
+        if head.size > _CG_HEAD:
+            head = np.sort(np.argpartition(-frequency, _CG_HEAD)[:_CG_HEAD])
+        part = X.tocsr()[:, head]
+        curvature = _curvature(self._Z, self._mask())
+        counts = self._counts
+        factors = []
+        for k in range(curvature.shape[1]):
+            H = np.asarray((part.T @ (sp.diags(curvature[:, k]) @ part)).todense())
+            H[np.diag_indices_from(H)] += self._l2 * counts[k]
+            factors.append(scipy.linalg.cho_factor(H, check_finite=False))
+        self._head_memo = (X, head, factors)
+        return head, factors
+
+    def _sparse_copies(self, X: sp.csr_matrix) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """``X * X`` (for the Jacobi diagonal) and a float32 copy of sparse ``X`` (for the CG
+        iterations), sharing ``X``'s index arrays; made once per design matrix.
+
+        CG only has to find a good ``s``: its products may round in float32 (half the
+        bytes of the values, a gather from a vector half the size) because ``T2`` is then
+        computed exactly in float64 (:meth:`_measure`); a step that CG solved less well
+        only spends more budget, and the refinement corrects it.
+        """
+        memo = getattr(self, "_sparse_memo", None)
+        if memo is None or memo[0] is not X:
+            X = X.tocsr()
+            parts = (X.indices, X.indptr)
+            squares = sp.csr_matrix((np.square(X.data), *parts), shape=X.shape, copy=False)
+            single = sp.csr_matrix((X.data.astype(np.float32), *parts), shape=X.shape, copy=False)
+            memo = self._sparse_memo = (X, squares, single)
+        return memo[1], memo[2]
+
     def _cg_steps(
         self,
         X: Any,
@@ -280,33 +352,39 @@ class HessianCacheMixin:
         curvature = _curvature(Z, mask)
         if isinstance(X, BlockedRows):
             diagonal = X.rmatmul(curvature, transform=np.square).T
-        else:
-            squares = X.multiply(X).tocsr() if sp.issparse(X) else X * X
+            operand = X
+        elif sp.issparse(X):
+            squares, operand = self._sparse_copies(X)
             diagonal = np.asarray(squares.T @ curvature).T
+        else:
+            diagonal = np.asarray((X * X).T @ curvature).T
+            operand = X
         used = np.flatnonzero(np.any(diagonal > 0, axis=0))
         diagonal = diagonal + self._l2 * counts[:, None]
         out = rhs / (self._l2 * np.maximum(counts, 1))[:, None]
         full = used.size == X.shape[1]
         iterations = 0
         for k in classes:
-            weights = curvature[:, k]
+            weights = curvature[:, k].astype(operand.dtype)
             shift = self._l2 * counts[k]
 
             def hvp(v: np.ndarray, weights: np.ndarray = weights, shift: float = shift):
-                if full:
-                    return np.asarray(X.T @ (weights * np.asarray(X @ v))).ravel() + shift * v
-                wide = np.zeros(X.shape[1])
-                wide[used] = v
-                product = np.asarray(X.T @ (weights * np.asarray(X @ wide))).ravel()
-                return product[used] + shift * v
+                wide = v if full else np.zeros(X.shape[1])
+                if not full:
+                    wide[used] = v
+                wide = wide.astype(operand.dtype, copy=False)
+                product = np.asarray(operand.T @ (weights * np.asarray(operand @ wide))).ravel()
+                product = product if full else product[used]
+                return product.astype(np.float64) + shift * v
 
             inverse = 1.0 / diagonal[k, used]
+            preconditioner = self._head_preconditioner(X, used, inverse, k)
             result = cg_solve(
                 hvp,
                 rhs[k, used],
                 rtol=_CG_RTOL,
                 maxiter=_CG_MAXITER,
-                preconditioner=lambda v, inverse=inverse: inverse * v,
+                preconditioner=preconditioner,
             )
             out[k, used] = result.x
             iterations += result.iterations

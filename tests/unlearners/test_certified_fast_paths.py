@@ -1,13 +1,19 @@
-"""The certified fit's fast pieces against plain float64 references."""
+"""Certified removal's fast paths (fit, sparse CG) against plain float64 references."""
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 from scipy.special import expit, log_expit
 
-from oblivio.data import Dataset
+from oblivio.data import Dataset, Remove
 from oblivio.models import LogisticRegression
-from oblivio.unlearners import CertifiedRemoval, _certified_numerics, _certified_state
+from oblivio.unlearners import (
+    CertifiedRemoval,
+    _certified_cache,
+    _certified_numerics,
+    _certified_state,
+)
 from oblivio.unlearners._certified_numerics import _weighted_gram
 from oblivio.unlearners._passes import logistic_pass
 
@@ -75,3 +81,42 @@ def test_certified_fit_reaches_the_optimum_and_caches_exact_hessians(monkeypatch
         expected = X.T @ (X * cf[:, None]) + 1e-2 * len(data) * np.eye(10)
         np.testing.assert_allclose(u._cache["H"][k], expected, rtol=1e-12, atol=1e-12)
     assert u.gradient_residual() <= u.budget_used_
+
+
+def hashed_data(seed: int, n: int, d: int) -> Dataset:
+    """Zipf-distributed tokens hashed into ``d`` columns (frequent head, long tail)."""
+    rng = np.random.default_rng(seed)
+    cols = (rng.zipf(1.3, size=n * 12) * 2654435761) % d
+    X = sp.csr_matrix((np.ones(n * 12), cols, np.arange(0, n * 12 + 1, 12)), shape=(n, d))
+    X.sum_duplicates()
+    X = sp.diags(1.0 / np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())) @ X
+    logits = 3.0 * (X @ rng.standard_normal(d))
+    y = (rng.random(n) < 1.0 / (1.0 + np.exp(-logits))).astype(np.int64)
+    return Dataset(X=X.tocsr(), y=y, ids=np.arange(n))
+
+
+def test_sparse_cg_head_block_preconditioner_and_float32_products(monkeypatch):
+    data = hashed_data(0, 1500, 300)
+    options = {"sigma": 1.0, "epsilon": 50.0, "seed": 0, "verify": True}
+    model = LogisticRegression(l2=1e-3)
+    exact = CertifiedRemoval(model, hessian="exact", **options).fit(data)
+    start = exact.model_.coef_.copy()
+    ids = [3, 77, 512]
+    reference = [exact.forget(Remove(ids=[i])).diagnostics["step_bound"] for i in ids]
+    iterations = {}
+    for head in (0, 16):  # 0: plain Jacobi
+        monkeypatch.setattr(_certified_cache, "_CG_HEAD", head)
+        u = CertifiedRemoval(model, hessian="cg", **options).fit(data)
+        squares, single = u._sparse_copies(u._X)
+        assert single.dtype == np.float32 and np.shares_memory(single.indices, u._X.indices)
+        np.testing.assert_array_equal(squares.toarray(), u._X.multiply(u._X).toarray())
+        iterations[head] = 0
+        for i, bound in zip(ids, reference, strict=True):
+            result = u.forget(Remove(ids=[i]))
+            assert result.diagnostics["gradient_residual"] <= result.certificate.residual_bound
+            assert result.diagnostics["step_bound"] <= 1.05 * bound + 1e-9
+            iterations[head] += result.diagnostics["solver_iterations"]
+        moved = np.linalg.norm(exact.model_.coef_ - start)
+        assert moved > 0
+        assert np.linalg.norm(u.model_.coef_ - exact.model_.coef_) <= 1e-3 * moved
+    assert iterations[16] < iterations[0]
