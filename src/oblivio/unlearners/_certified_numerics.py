@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import scipy.stats
 from scipy.special import expit
 
-from oblivio.data.blocked import BlockedRows, needs_blocking
+from oblivio.data.blocked import BlockedRows, ChunkedRows, needs_blocking
 from oblivio.linalg.spectral import spectral_norm_bound
 
 GAMMA = 0.25  # Lipschitz constant used for l'' of the logistic loss (any >= 1/(6 sqrt 3) works)
@@ -46,6 +46,8 @@ def _row_norms(X: Any) -> np.ndarray:
         return np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
     if isinstance(X, BlockedRows):
         return X.row_norms()
+    if isinstance(X, ChunkedRows):
+        return BlockedRows(X).row_norms()
     X = np.asarray(X)
     if needs_blocking(X.reshape(X.shape[0], -1)):  # float32 / memory-mapped: no float64 copy
         return BlockedRows(X.reshape(X.shape[0], -1)).row_norms()
