@@ -33,16 +33,20 @@ curvatures then) and its Cholesky factor. Per step:
    (``O(n d^2 + d^3)``), after which ``s`` is the exact Newton step.
 
 ``hessian="cg"`` (and ``"amortized"`` when ``d > 4096``, e.g. hashed sparse features): no
-``d x d`` matrix at all. ``s`` solves ``H'(w) s = Delta`` by conjugate gradients with a Jacobi
-preconditioner (``O(nnz(X))`` per iteration; columns no row uses have ``H' = lam n' I`` and
-are solved exactly), and ``T2 = ||H'(w) s - Delta||`` is computed exactly with one
-Hessian-vector product in float64 (plus a rounding allowance, see ``_measure``); if it is
-too large, up to ``refine`` corrections ``s <- s - H'^-1 (H' s - Delta)`` follow.
+``d x d`` matrix at all. ``s`` solves ``H'(w) s = Delta`` by preconditioned conjugate
+gradients (``O(nnz(X))`` per iteration; columns no row uses have ``H' = lam n' I`` and are
+solved exactly): for sparse ``X`` the preconditioner is the exact Hessian block of the 256
+most frequent columns (formed once per design matrix) and Jacobi elsewhere, and the CG
+products run on a float32 copy of ``X``'s values. ``T2 = ||H'(w) s - Delta||`` is then
+computed exactly with one Hessian-vector product in float64 (plus a rounding allowance,
+see ``_measure``), so neither choice touches rigour; if it is too large, up to ``refine``
+corrections ``s <- s - H'^-1 (H' s - Delta)`` follow.
 ``||X'||_2`` is then bounded by ``min(||X||_F, sqrt(||X||_1 ||X||_inf))`` when both sides of
 ``X`` exceed 4096 (:func:`~oblivio.linalg.spectral_norm_bound`).
 
 A certified fit of the amortised mode forms the per-class Hessians once, at the end of a
-short L-BFGS run, polishes to the exact optimum with chord-Newton steps using their
+short L-BFGS run (preconditioned with ``X^T X / 4 + lam n I``, on a float32 copy of dense
+``X``), polishes to the exact optimum with float64 chord-Newton steps using their
 factors, and keeps them as the cache (``_fit_with_cached_hessians``). Dense data stored as
 float32 or memory-mapped is used through :class:`~oblivio.data.blocked.BlockedRows`
 (float64 products a block of rows at a time, no float64 copy); its float32 rows are then
