@@ -264,7 +264,13 @@ class HessianCacheMixin:
         return self.hessian
 
     def _head_preconditioner(
-        self, X: Any, used: np.ndarray, inverse: np.ndarray, k: int
+        self,
+        X: Any,
+        used: np.ndarray,
+        inverse: np.ndarray,
+        k: int,
+        curvature: np.ndarray,
+        counts: np.ndarray,
     ) -> Callable[[np.ndarray], np.ndarray]:
         """``v -> M^-1 v`` for CG on the columns ``used``: Jacobi, except on the ``_CG_HEAD``
         most frequent columns of sparse ``X``, where ``M`` is the exact Hessian block.
@@ -273,8 +279,8 @@ class HessianCacheMixin:
         correlations make the large eigenvalues that Jacobi misses (about half the CG
         iterations on the scaling benchmark's data). The block ``X_h^T diag(c) X_h + lam n I``
         and its Cholesky factor are formed once per design matrix, at the curvatures ``c``
-        of that moment (removals only make the preconditioner less exact; ``M`` stays SPD,
-        and the step is measured exactly afterwards).
+        and counts of its first step (later removals only make the preconditioner less
+        exact; ``M`` stays SPD, and the step is measured exactly afterwards).
         """
 
         def jacobi(v: np.ndarray) -> np.ndarray:
@@ -282,7 +288,7 @@ class HessianCacheMixin:
 
         if not sp.issparse(X):
             return jacobi
-        head, factors = self._head_blocks(X)
+        head, factors = self._head_blocks(X, curvature, counts)
         positions = np.searchsorted(used, head)
         if head.size == 0 or np.any(positions >= used.size) or np.any(used[positions] != head):
             return jacobi
@@ -295,7 +301,9 @@ class HessianCacheMixin:
 
         return block
 
-    def _head_blocks(self, X: sp.csr_matrix) -> tuple[np.ndarray, list[Any]]:
+    def _head_blocks(
+        self, X: sp.csr_matrix, curvature: np.ndarray, counts: np.ndarray
+    ) -> tuple[np.ndarray, list[Any]]:
         """The head columns of ``X`` and the per-class factors of their Hessian block."""
         memo = getattr(self, "_head_memo", None)
         if memo is not None and memo[0] is X:
@@ -305,8 +313,6 @@ class HessianCacheMixin:
         if head.size > _CG_HEAD:
             head = np.sort(np.argpartition(-frequency, _CG_HEAD)[:_CG_HEAD])
         part = X.tocsr()[:, head]
-        curvature = _curvature(self._Z, self._mask())
-        counts = self._counts
         factors = []
         for k in range(curvature.shape[1]):
             H = np.asarray((part.T @ (sp.diags(curvature[:, k]) @ part)).todense())
@@ -378,7 +384,7 @@ class HessianCacheMixin:
                 return product.astype(np.float64) + shift * v
 
             inverse = 1.0 / diagonal[k, used]
-            preconditioner = self._head_preconditioner(X, used, inverse, k)
+            preconditioner = self._head_preconditioner(X, used, inverse, k, curvature, counts)
             result = cg_solve(
                 hvp,
                 rhs[k, used],
