@@ -103,7 +103,9 @@ class ChunkedRows:
             source_rows = positions if self.rows is None else self.rows[positions]
             return self._gather(source_rows)
         if isinstance(index, (int, np.integer)):
-            return self[int(index) % n : int(index) % n + 1][0] if n else self._gather(index)
+            if not -n <= int(index) < n:
+                raise IndexError(f"row {int(index)} out of range for {n} rows")
+            return self[int(index) % n : int(index) % n + 1][0]
         positions = np.asarray(index)
         if positions.dtype == bool:
             positions = np.flatnonzero(positions)
