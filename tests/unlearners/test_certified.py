@@ -14,7 +14,7 @@ import oblivio as ob
 from oblivio.data import Dataset, Relabel, Remove, Replace, ReplaceFeatures, RequestError
 from oblivio.models import LogisticRegression
 from oblivio.testing import check_unlearner
-from oblivio.unlearners import CertifiedRemoval, certified, create
+from oblivio.unlearners import CertifiedRemoval, _certified_cache, create
 from oblivio.unlearners.certified import GAMMA, budget, noise_constant
 
 
@@ -98,7 +98,7 @@ def test_residual_never_exceeds_accumulated_bound(seed, k, hessian, batch, bound
 )
 def test_amortized_paths_stay_rigorous(binary_data, refine, refresh, monkeypatch):
     """Cached solve, deferred and measured corrections, folds, partial and full refreshes."""
-    monkeypatch.setattr(certified, "_FOLD_ROWS", 4)  # exercise the Woodbury fold often
+    monkeypatch.setattr(_certified_cache, "_FOLD_ROWS", 4)  # exercise the Woodbury fold often
     u = CertifiedRemoval(
         LogisticRegression(l2=1e-2),
         sigma=1.0,

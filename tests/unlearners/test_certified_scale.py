@@ -6,7 +6,7 @@ import torch
 
 from oblivio.data import Dataset, Remove
 from oblivio.models import LogisticRegression
-from oblivio.unlearners import CertifiedRemoval, certified
+from oblivio.unlearners import CertifiedRemoval, _certified_batch
 from oblivio.unlearners._passes import BLOCK, fused_pass, row_ranges
 
 
@@ -72,7 +72,7 @@ def test_auto_batch_fits_the_time_limit(three_classes, monkeypatch):
     assert _spend(three_classes, ids, batch="auto", time_limit=1e6)[0] == 20
     # a fake clock that advances 1 s per reading: about one reading per step
     clock = iter(range(1000))
-    monkeypatch.setattr(certified, "_clock", lambda: next(clock))
+    monkeypatch.setattr(_certified_batch, "_clock", lambda: next(clock))
     steps, cost, _ = _spend(three_classes, ids, batch="auto", time_limit=8)
     assert 3 <= steps <= 10 and cost > 0
     steps, _, _ = _spend(three_classes, ids, batch="auto", time_limit=0.1)

@@ -24,18 +24,121 @@ import scipy.linalg
 
 from oblivio.data.dataset import Dataset
 
-__all__ = ["BlockedRows", "memmap_dataset", "needs_blocking"]
+__all__ = ["BlockedRows", "ChunkedRows", "chunked_dataset", "memmap_dataset", "needs_blocking"]
 
 ROWS = 8192  # rows per float64 block (about 50 MB at d = 784)
 
 
 def needs_blocking(X: Any) -> bool:
-    """True for dense 2-d data that is not float64 or is memory-mapped."""
+    """True for dense 2-d data that is not float64, is memory-mapped or is chunked."""
+    if isinstance(X, ChunkedRows):
+        return True
     return (
         isinstance(X, np.ndarray)
         and X.ndim == 2
         and (X.dtype != np.float64 or isinstance(X, np.memmap))
     )
+
+
+class ChunkedRows:
+    """The rows of a chunked 2-d array (Zarr, Dask, anything sliceable), read by blocks.
+
+    Only contiguous row ranges are ever asked of ``source`` (``source[start:stop]``, made
+    into numpy), so a Zarr array on disk or a Dask array is read a block at a time, like a
+    memory map. A selection of rows (``view[positions]``) is another lazy view: removals
+    never gather the remaining rows into memory. ``numpy.asarray(view)`` gathers them all.
+
+    Parameters
+    ----------
+    source : array-like of shape (n, d)
+        Supports ``shape``, ``dtype`` and row slicing (``zarr.Array``,
+        ``dask.array.Array``, ``h5py.Dataset``, ...).
+    rows : array of int, optional
+        Positions of ``source``'s rows in this view (all rows when None).
+    """
+
+    ndim = 2
+
+    def __init__(self, source: Any, rows: Any = None) -> None:
+        if len(source.shape) != 2:
+            raise ValueError(f"a chunked source must be 2-d, got shape {tuple(source.shape)}")
+        self.source = source
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        count = int(source.shape[0]) if self.rows is None else int(self.rows.size)
+        self.shape = (count, int(source.shape[1]))
+        self.dtype = np.dtype(source.dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"ChunkedRows({type(self.source).__name__}, shape={self.shape}, dtype={self.dtype})"
+
+    def _gather(self, positions: np.ndarray) -> np.ndarray:
+        """Source rows at ``positions`` (any order), reading ranges of ``ROWS`` rows."""
+        out = np.empty((positions.size, self.shape[1]), dtype=self.dtype)
+        if positions.size == 0:
+            return out
+        order = np.argsort(positions, kind="stable")
+        wanted = positions[order]
+        low, high = int(wanted[0]), int(wanted[-1]) + 1
+        if high - low == positions.size and np.all(np.diff(wanted) == 1):
+            out[order] = np.asarray(self.source[low:high])
+            return out
+        for start in range(low, high, ROWS):
+            first, last = np.searchsorted(wanted, [start, start + ROWS])
+            if first == last:
+                continue
+            block = np.asarray(self.source[start : min(start + ROWS, high)])
+            out[order[first:last]] = block[wanted[first:last] - start]
+        return out
+
+    def __getitem__(self, index: Any) -> Any:
+        n = self.shape[0]
+        if isinstance(index, slice):
+            start, stop, step = index.indices(n)
+            if step == 1 and self.rows is None:
+                return np.asarray(self.source[start:stop])
+            positions = np.arange(start, stop, step)
+            source_rows = positions if self.rows is None else self.rows[positions]
+            return self._gather(source_rows)
+        if isinstance(index, (int, np.integer)):
+            if not -n <= int(index) < n:
+                raise IndexError(f"row {int(index)} out of range for {n} rows")
+            return self[int(index) % n : int(index) % n + 1][0]
+        positions = np.asarray(index)
+        if positions.dtype == bool:
+            positions = np.flatnonzero(positions)
+        positions = positions.astype(np.int64, copy=False)
+        if positions.size and (positions.min() < -n or positions.max() >= n):
+            raise IndexError(f"row positions out of range for {n} rows")
+        positions = positions % max(n, 1)
+        return ChunkedRows(self.source, positions if self.rows is None else self.rows[positions])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        if self.rows is None:
+            out = np.asarray(self.source[0 : self.shape[0]])
+        else:
+            out = self._gather(self.rows)
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+
+def chunked_dataset(
+    source: Any,
+    y: Any,
+    *,
+    ids: np.ndarray | None = None,
+    classes: tuple[Any, ...] | None = None,
+    name: str = "chunked",
+) -> Dataset:
+    """A :class:`~oblivio.data.Dataset` whose ``X`` is a Zarr / Dask array read by blocks.
+
+    ``X`` becomes a :class:`ChunkedRows` view of ``source``: models and certified removal
+    read it through :class:`BlockedRows`, as they read a memory map (float64 products a
+    block at a time, float32 passes straight from the stored values); nothing loads the
+    whole array unless asked (``numpy.asarray(data.X)``).
+    """
+    return Dataset(X=ChunkedRows(source), y=y, ids=ids, classes=classes, name=name)
 
 
 class BlockedRows:
@@ -79,8 +182,12 @@ class BlockedRows:
         return part
 
     def take_rows(self, rows: Any) -> BlockedRows:
-        """A :class:`BlockedRows` over the selected rows (stored type kept)."""
-        return BlockedRows(np.asarray(self.data[rows]), self.intercept)
+        """A :class:`BlockedRows` over the selected rows (stored type kept; a chunked
+        source stays a lazy view)."""
+        part = self.data[rows]
+        if not isinstance(part, ChunkedRows):
+            part = np.asarray(part)
+        return BlockedRows(part, self.intercept)
 
     def __matmul__(self, M: Any) -> np.ndarray:
         M = np.asarray(M, dtype=np.float64)
@@ -123,7 +230,7 @@ class BlockedRows:
     def row_norms(self) -> np.ndarray:
         out = np.empty(self.shape[0])
         for start, stop, part in self.blocks():
-            out[start:stop] = np.linalg.norm(part, axis=1)
+            out[start:stop] = np.sqrt(np.einsum("ij,ij->i", part, part))
         return out
 
 

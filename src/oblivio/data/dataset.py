@@ -25,7 +25,16 @@ def _freeze(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _is_chunked(X: Any) -> bool:
+    """A :class:`~oblivio.data.blocked.ChunkedRows` view (read-only, read by blocks)."""
+    from oblivio.data.blocked import ChunkedRows  # blocked.py builds on this module
+
+    return isinstance(X, ChunkedRows)
+
+
 def _freeze_matrix(X: np.ndarray | sp.csr_matrix) -> np.ndarray | sp.csr_matrix:
+    if _is_chunked(X):
+        return X  # has no way to write
     if sp.issparse(X):
         if not X.has_canonical_format:
             # scipy sorts indices / sums duplicates in place in many operations (tolil,
@@ -132,7 +141,7 @@ class Dataset:
     ) -> None:
         if sp.issparse(X):
             X = sp.csr_matrix(X)
-        else:
+        elif not _is_chunked(X):
             X = np.asarray(X)
             if X.ndim < 2:
                 raise ValueError(f"X must have shape (n, ...) with at least 2 dims, got {X.shape}")

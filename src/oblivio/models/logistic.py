@@ -14,7 +14,7 @@ import torch
 from scipy.special import expit, log_expit, logsumexp, softmax
 
 from oblivio.data import Dataset
-from oblivio.data.blocked import BlockedRows, needs_blocking
+from oblivio.data.blocked import BlockedRows, ChunkedRows, needs_blocking
 from oblivio.models.base import BaseModel, NotFittedError
 
 _DENSE_NEWTON_LIMIT = 4000  # parameters; above this Newton steps use conjugate gradients
@@ -134,6 +134,8 @@ class LogisticRegression(BaseModel):
             if self.fit_intercept:
                 ones = sp.csr_matrix(np.ones((design.shape[0], 1)))
                 design = sp.hstack([design, ones], format="csr")
+        elif isinstance(X, ChunkedRows):  # Zarr / Dask: read by blocks, never loaded whole
+            design = BlockedRows(X, intercept=self.fit_intercept)
         else:
             design = np.asarray(X)
             design = design.reshape(design.shape[0], -1)

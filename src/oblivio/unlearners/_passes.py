@@ -3,10 +3,10 @@
 One pass reads ``X`` once, in blocks of ``BLOCK`` rows that stay in cache for both products
 ``A = X s^T`` and ``G = X^T (weights * A)``. The products run in ``X``'s dtype (float32 for
 the shadow copy the per-step pass reads); the blocks' contributions to ``G`` are summed in
-float64. The rounding analysis in :mod:`oblivio.unlearners.certified` (``_measure``) holds for
-any summation order across blocks, so the rows may be split into contiguous ranges run by
-threads (``workers``) or by Dask workers holding their rows; the result is then rigorous
-in the same way.
+float64. The rounding analysis in :mod:`oblivio.unlearners._certified_step` (``_measure``)
+holds for any summation order across blocks, so the rows may be split into contiguous ranges
+run by threads (``workers``) or by Dask workers holding their rows; the result is then
+rigorous in the same way.
 
 ``X`` may be a :class:`numpy.memmap` (out-of-core data): blocks are read in order and only a
 block at a time is resident beyond what the operating system caches.
@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["BLOCK", "fused_pass", "row_ranges", "thread_pool", "torch_matmul_exact"]
+__all__ = [
+    "BLOCK",
+    "fused_pass",
+    "logistic_pass",
+    "row_ranges",
+    "thread_pool",
+    "torch_matmul_exact",
+]
 
 BLOCK = 256  # rows per block (kept in cache between the two products)
 
@@ -135,6 +142,46 @@ def fused_pass(
     for future in futures:
         G += future.result()
     return A, G
+
+
+def logistic_pass(
+    X: np.ndarray, W: np.ndarray, S: np.ndarray, block: int = 2048
+) -> tuple[float, np.ndarray]:
+    """Sum of the logistic losses ``log(1 + exp(-S (X W^T)))`` and its gradient, one pass.
+
+    Each block of rows is read once for both products, which run in ``X``'s dtype (float32
+    for the shadow copy: half the memory traffic); losses and the blocks' gradient parts are
+    summed in float64. The result is only as accurate as ``X``'s dtype: a float32 pass
+    serves the coarse phase of a fit, never a certificate.
+
+    Parameters
+    ----------
+    X : ndarray or memmap of shape (n, d)
+    W : ndarray of shape (K, d)
+    S : ndarray of shape (n, K)
+        Targets ``+1`` / ``-1`` per class.
+
+    Returns
+    -------
+    loss : float
+    grad : ndarray of shape (K, d), float64
+    """
+    Wt = np.ascontiguousarray(W.T, dtype=X.dtype)
+    S = np.asarray(S, dtype=X.dtype)
+    grad = np.zeros(W.shape)
+    loss = 0.0
+    for low in range(0, X.shape[0], block):
+        rows = np.asarray(X[low : low + block])
+        signs = S[low : low + block]
+        margins = signs * (rows @ Wt)
+        # log(1 + exp(-m)) = max(-m, 0) + log1p(exp(-|m|)); d/dm = -1 / (1 + exp(m))
+        small = np.exp(-np.abs(margins))
+        loss += float(np.sum(np.maximum(-margins, 0.0), dtype=np.float64))
+        loss += float(np.sum(np.log1p(small), dtype=np.float64))
+        slopes = np.where(margins >= 0, small, 1.0) / (1.0 + small)
+        slopes *= -signs
+        grad += (rows.T @ slopes).T
+    return loss, grad
 
 
 def chunk_pass(X: Any, s: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
