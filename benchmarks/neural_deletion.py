@@ -60,6 +60,18 @@ from oblivio.models import SmallCNN, TorchModel
 DELETION = ("finetune", "gradient-ascent", "random-labels", "neggrad-plus", "l1-sparse")
 DELETION += ("salun", "scrub", "second-order")
 METHODS = ("retrain", "retrain-warm", "no update", *DELETION, "l2ul")
+#: The deletion loop's diagnostics kept in the JSON rows (why a method landed where it did).
+DIAGNOSTICS = (
+    "target_forget_accuracy",
+    "forget_accuracy_before",
+    "forget_accuracy",
+    "steps",
+    "repair_steps",
+    "landed_at_step",
+    "lr_halvings",
+    "work_fraction",
+    "mask_seconds",
+)
 
 
 def log(message: str) -> None:
@@ -227,8 +239,16 @@ def run_seed(
             seconds = unlearner.prepare_seconds_ + result.seconds
             own = scores(unlearner.model_, forget, retain, test, seed)
             d = result.diagnostics
+            kept = {f"diag_{k}": float(d[k]) for k in DIAGNOSTICS if k in d}
             rows.append(
-                row(method, goal, own, seconds, goal_reached=d.get("goal_reached", float("nan")))
+                row(
+                    method,
+                    goal,
+                    own,
+                    seconds,
+                    goal_reached=d.get("goal_reached", float("nan")),
+                    **kept,
+                )
             )
         args.flush(rows)
     return rows
