@@ -14,7 +14,7 @@ from oblivio.audit import accuracy
 from oblivio.data import Dataset, Remove
 from oblivio.models import MLP, TorchModel
 from oblivio.unlearners import L2UL
-from oblivio.unlearners.instance import _Continuation
+from oblivio.unlearners.l2ul import _Continuation
 
 SEEDS = (0, 1, 2)
 

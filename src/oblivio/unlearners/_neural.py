@@ -1,9 +1,9 @@
 """Building blocks for unlearning neural classifiers, on plain ``torch.nn.Module`` objects.
 
-Pure functions used by :mod:`oblivio.unlearners.instance`: targeted L2 projected gradient
-descent (the adversarial examples of L2UL), MAS weight importance and its inverted min–max
-normalisation, the complementary-label loss, and small helpers (device, tensors, batch-norm
-modes, goal checks).
+Pure functions used by the neural unlearners (:mod:`oblivio.unlearners.l2ul` and others):
+targeted L2 projected gradient descent (the adversarial examples of L2UL), MAS weight
+importance and its inverted min–max normalisation, the complementary-label loss, and small
+helpers (device, tensors, batch-norm modes, goal checks).
 References: Cha et al., *Learning to Unlearn: Instance-wise Unlearning for Pre-trained
 Classifiers*, AAAI 2024 (``reference/instance-unlearning.md`` §3–§4); Aljundi et al.,
 *Memory Aware Synapses*, ECCV 2018; Madry et al., ICLR 2018 (PGD).
