@@ -23,7 +23,12 @@ from torch import nn
 from oblivio.data import Change, RequestError
 from oblivio.models.base import Model
 from oblivio.unlearners._loop import _NeuralUnlearner
-from oblivio.unlearners._neural import as_inputs, complement_loss, predict_labels
+from oblivio.unlearners._neural import (
+    as_inputs,
+    complement_loss,
+    predict_labels,
+    runner_up_loss,
+)
 
 __all__: list[str] = []
 
@@ -60,21 +65,43 @@ class _Goals:
         )
 
 
-def _forget_term(logits: torch.Tensor, goals: _Goals, kind: str) -> torch.Tensor:
+def _forget_term(
+    logits: torch.Tensor, goals: _Goals, kind: str, *, stop_margin: float | None = None
+) -> torch.Tensor:
     """Batch mean of the per-record forget loss (reference §2).
 
     Records to misclassify (``sign = -1``) contribute ``-log(1 - p_y)`` (``kind =
-    "complement"``) or ``-CE = log p_y`` (``kind = "neg-ce"``, the paper's); records to
+    "complement"``), ``-CE = log p_y`` (``kind = "neg-ce"``, the paper's) or the
+    cross-entropy towards their runner-up class (``kind = "runner-up"``); records to
     relabel (``sign = +1``) contribute ``+CE`` towards their new label.
+
+    ``stop_margin`` (None: never stop): a record that is past its goal by at least this
+    logit margin contributes 0 (the mean is still over the whole batch), so no record is
+    pushed further than just across its boundary. The margin is ``max_{j != y} z_j - z_y``
+    for records to misclassify, ``z_y - max_{j != y} z_j`` for records to relabel.
     """
     ce = nn.functional.cross_entropy(logits, goals.label, reduction="none")
-    away = -ce if kind == "neg-ce" else complement_loss(logits, goals.label)
-    return torch.where(goals.sign < 0, away, ce).mean()
+    if kind == "neg-ce":
+        away = -ce
+    elif kind == "runner-up":
+        away = runner_up_loss(logits, goals.label)
+    else:
+        away = complement_loss(logits, goals.label)
+    per_record = torch.where(goals.sign < 0, away, ce)
+    if stop_margin is not None:
+        z = logits.detach()
+        own = z.gather(1, goals.label[:, None]).squeeze(1)
+        best_other = z.masked_fill(
+            nn.functional.one_hot(goals.label, z.shape[1]).bool(), float("-inf")
+        ).amax(dim=1)
+        past = torch.where(goals.sign < 0, best_other - own, own - best_other)
+        per_record = per_record.masked_fill(past >= stop_margin, 0.0)
+    return per_record.mean()
 
 
-def _check_forget_loss(value: Any) -> None:
-    if value not in _FORGET_LOSSES:
-        raise ValueError(f"forget_loss must be one of {_FORGET_LOSSES}, got {value!r}")
+def _check_forget_loss(value: Any, allowed: tuple[str, ...] = _FORGET_LOSSES) -> None:
+    if value not in allowed:
+        raise ValueError(f"forget_loss must be one of {allowed}, got {value!r}")
 
 
 class _ForgetDriven(_NeuralUnlearner):

@@ -27,6 +27,7 @@ __all__ = [
     "mas_importance",
     "module_device",
     "predict_labels",
+    "runner_up_loss",
     "targeted_l2_pgd",
 ]
 
@@ -167,6 +168,28 @@ def complement_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         nn.functional.one_hot(labels, logits.shape[1]).bool(), float("-inf")
     )
     return torch.logsumexp(logits, dim=1) - torch.logsumexp(others, dim=1)
+
+
+def runner_up_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-record cross-entropy towards the runner-up class ``r = argmax_{j != y} z_j``.
+
+    The class a record is closest to moving into, read from the current logits (``r`` is
+    a constant for the gradient): pushing each record there is the smallest change that
+    stops the model predicting ``y``, where ``-CE`` or ``-log(1 - p_y)`` spread the push
+    over every other class. Unlike those it keeps pulling once the record is misclassified
+    (towards ``p_r = 1``), so it is meant to be used with a per-record stop (records at
+    their goal contribute nothing; :class:`~oblivio.unlearners.L2UL`).
+
+    Returns
+    -------
+    Tensor of shape (n,)
+    """
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"need logits of shape (n, C >= 2), got {tuple(logits.shape)}")
+    others = logits.detach().masked_fill(
+        nn.functional.one_hot(labels, logits.shape[1]).bool(), float("-inf")
+    )
+    return nn.functional.cross_entropy(logits, others.argmax(dim=1), reduction="none")
 
 
 def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
