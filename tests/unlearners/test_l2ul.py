@@ -186,3 +186,41 @@ def test_bad_new_options_are_rejected(digits_raw):
     for options in ({"lam_patience": 0}, {"lam_patience": 1.5}, {"eps": -1.0}, {"pgd_step": 0}):
         with pytest.raises(ValueError, match=next(iter(options))):
             L2UL(model, **options).attach(train)
+
+
+def test_demo_options_scale_the_penalty_with_the_learning_rate():
+    """The demo's l2ul row (unit-norm digits, its MLP(32), 10 records) runs lr 0.1 with
+    ``lam`` 0.01, the paper's product lr * lam = 1e-3: with ``lam`` 1 the penalty pins the
+    weights the records do not use and the update loses far more. Measured on these two
+    sets: 7.6 vs 24.4 and 9.8 vs 17.8 points (issue 13 asks at most 10 in the demo; its two
+    seeds give about 11 on average there, see ``configs/quick.toml``).
+    """
+    from importlib import resources
+
+    from oblivio.bench.config import load_config
+
+    path = resources.files("oblivio.bench") / "configs" / "quick.toml"
+    with resources.as_file(path) as file:
+        config = load_config(file)
+    (spec,) = [u for u in config.unlearners if u.name == "l2ul"]
+    (mlp,) = [m for m in config.models if m.name in spec.models]
+    assert spec.options["lr"] * spec.options["lam"] == pytest.approx(1e-3)
+    split = ob.datasets.load("digits", normalize="l2")
+    train, test = split.train, split.test
+    for seed in (0, 2):
+        hidden = tuple(mlp.options["hidden"])
+        model = TorchModel(
+            MLP(64, hidden, 10),
+            epochs=mlp.options["epochs"],
+            lr=mlp.options["lr"],
+            batch_size=mlp.options["batch_size"],
+            seed=seed,
+        ).fit(train)
+        before = accuracy(model, test)
+        ids = np.random.default_rng(seed).choice(train.ids, 10, replace=False)
+        drops = {}
+        for label, options in (("demo", spec.options), ("lam1", {**spec.options, "lam": 1.0})):
+            u = L2UL(model, seed=seed, **options).attach(train)
+            assert u.forget(Remove(ids=ids)).diagnostics["goal_reached"] == 1.0
+            drops[label] = 100 * (before - accuracy(u, test))
+        assert drops["demo"] <= 10.0 and drops["demo"] <= drops["lam1"] - 5.0, (seed, drops)
