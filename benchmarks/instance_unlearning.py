@@ -1,7 +1,9 @@
 """Instance-wise unlearning of a pre-trained CNN (Cha et al., L2UL, AAAI 2024) on CPU.
 
 A small CNN (``SmallCNN``: two 3x3 convolutions, 16 and 32 channels, a 128-unit layer) is
-trained on a Fashion-MNIST subset (and on CIFAR-10 when its batches are installed). Then
+trained on a Fashion-MNIST subset (and on CIFAR-10 when its batches are installed; with
+``--datasets digits``, an MLP with 64 hidden units on scikit-learn's digits, raw pixels, the
+setting of ``tests/unlearners/test_l2ul.py``). Then
 ``k`` random training records (k in {8, 32, 128}; the first k of a seeded permutation, as in
 the paper) are forgotten by
 
@@ -39,6 +41,7 @@ every row as JSON. Results are printed, not committed.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -53,7 +56,7 @@ from oblivio._io import OutputError, claim_output_file, write_json
 from oblivio.audit import accuracy, mia_efficacy
 from oblivio.data import Dataset, Remove
 from oblivio.data.loaders import DataNotFoundError
-from oblivio.models import SmallCNN, TorchModel
+from oblivio.models import MLP, SmallCNN, TorchModel
 
 METHODS = ("GA", "+adv", "+adv+imp", "fine-tune", "random labels", "retrain")
 
@@ -63,10 +66,11 @@ def _unlearner(method: str, model: TorchModel, seed: int, args: argparse.Namespa
     loss = {} if args.forget_loss is None else {"forget_loss": args.forget_loss}
     if method == "GA":
         return ob.unlearners.create("gradient-ascent", model, goal="correction", seed=seed, **loss)
+    l2ul = {**loss, **dict(args.l2ul)}
     if method == "+adv":
-        return ob.unlearners.create("l2ul", model, importance=False, seed=seed, **loss)
+        return ob.unlearners.create("l2ul", model, importance=False, seed=seed, **l2ul)
     if method == "+adv+imp":
-        return ob.unlearners.create("l2ul", model, seed=seed, **loss)
+        return ob.unlearners.create("l2ul", model, seed=seed, **l2ul)
     if method == "fine-tune":
         return ob.unlearners.create("finetune", model, epochs=args.ft_epochs, seed=seed)
     if method == "random labels":
@@ -76,9 +80,18 @@ def _unlearner(method: str, model: TorchModel, seed: int, args: argparse.Namespa
     raise ValueError(method)
 
 
-def _settings(args: argparse.Namespace) -> list[tuple[str, Dataset, Dataset, Callable]]:
+def _settings(args: argparse.Namespace) -> list[tuple[str, Dataset, Dataset, Callable, str]]:
     settings = []
     for name in args.datasets:
+        if name == "digits":  # bundled: the MLP of tests/unlearners/test_l2ul.py, raw pixels
+            split = ob.datasets.load("digits")
+
+            def make_mlp(seed: int) -> TorchModel:
+                module = MLP(64, (64,), 10)
+                return TorchModel(module, epochs=20, lr=1e-2, batch_size=64, seed=seed)
+
+            settings.append((name, split.train, split.test, make_mlp, "MLP(64), 20 epochs"))
+            continue
         try:
             split = ob.datasets.load(name, seed=0)
         except DataNotFoundError as error:
@@ -93,7 +106,7 @@ def _settings(args: argparse.Namespace) -> list[tuple[str, Dataset, Dataset, Cal
             module = SmallCNN(in_channels=channels, image_size=size, n_classes=10)
             return TorchModel(module, epochs=args.epochs, lr=2e-3, batch_size=64, seed=seed)
 
-        settings.append((name, train, test, make_model))
+        settings.append((name, train, test, make_model, f"SmallCNN, {args.epochs} epochs"))
     return settings
 
 
@@ -114,10 +127,10 @@ def _scores(model: Any, forget: Dataset, retain: Dataset, test: Dataset, seed: i
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for name, train, test, make_model in _settings(args):
+    for name, train, test, make_model, net in _settings(args):
         print(
-            f"\n{name}: {len(train)} train, {len(test)} test images; SmallCNN, {args.epochs} "
-            f"epochs (Adam 2e-3); k in {args.k}; {args.seeds} seeds; forget loss "
+            f"\n{name}: {len(train)} train, {len(test)} test images; {net} "
+            f"(Adam); k in {args.k}; {args.seeds} seeds; forget loss "
             f"{args.forget_loss or 'defaults'}",
             flush=True,
         )
@@ -228,10 +241,23 @@ def _fmt(value: float, spec: str) -> str:
     return "–" if not np.isfinite(value) else format(value, spec)
 
 
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--datasets", nargs="+", default=["fashion-mnist", "cifar10"], help="skipped if absent"
+        "--datasets",
+        nargs="+",
+        default=["fashion-mnist", "cifar10"],
+        help="fashion-mnist, cifar10 (SmallCNN; skipped if absent), digits (bundled; an MLP)",
     )
     parser.add_argument("--k", nargs="+", type=int, default=[8, 32, 128], help="forget sizes")
     parser.add_argument("--seeds", type=int, default=3)
@@ -247,6 +273,15 @@ def main(argv: list[str] | None = None) -> int:
         choices=["complement", "neg-ce"],
         default=None,
         help="forget term of GA, +adv, +adv+imp (default: each method's own)",
+    )
+    parser.add_argument(
+        "--l2ul",
+        action="append",
+        default=[],
+        type=_option,
+        metavar="KEY=VALUE",
+        help="an l2ul option for +adv and +adv+imp (JSON value), e.g. adv_labels=target; "
+        "repeatable",
     )
     parser.add_argument(
         "--quick",
