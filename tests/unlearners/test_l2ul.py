@@ -9,13 +9,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import oblivio as ob
 from oblivio.audit import accuracy
 from oblivio.data import Dataset, Remove
 from oblivio.models import MLP, TorchModel
 from oblivio.unlearners import L2UL
-from oblivio.unlearners._neural import invert_importance, mas_importance
+from oblivio.unlearners._correction import _forget_term, _Goals
+from oblivio.unlearners._neural import invert_importance, mas_importance, runner_up_loss
 from oblivio.unlearners.l2ul import _Continuation
 
 SEEDS = (0, 1, 2)
@@ -224,3 +226,97 @@ def test_demo_options_scale_the_penalty_with_the_learning_rate():
             assert u.forget(Remove(ids=ids)).diagnostics["goal_reached"] == 1.0
             drops[label] = 100 * (before - accuracy(u, test))
         assert drops["demo"] <= 10.0 and drops["demo"] <= drops["lam1"] - 5.0, (seed, drops)
+
+
+# -- the building blocks of the defaults -------------------------------------------------------
+def test_runner_up_loss_targets_the_closest_other_class():
+    logits = torch.tensor([[3.0, 2.0, -1.0], [0.5, -2.0, 1.5]], requires_grad=True)
+    labels = torch.tensor([0, 2])
+    loss = runner_up_loss(logits, labels)
+    # runner-ups: class 1 for the first record, class 0 for the second
+    expected = torch.nn.functional.cross_entropy(
+        logits.detach(), torch.tensor([1, 0]), reduction="none"
+    )
+    torch.testing.assert_close(loss.detach(), expected)
+    loss.sum().backward()
+    grad = logits.grad
+    assert grad[0, 1] < 0 and grad[0, 0] > 0  # descent raises the runner-up, lowers y
+    assert grad[1, 0] < 0 and grad[1, 2] > 0
+    with pytest.raises(ValueError, match="logits of shape"):
+        runner_up_loss(torch.zeros(3), labels)
+
+
+def test_forget_term_stops_pushing_records_past_their_margin():
+    # record 0 is still on its label, record 1 is misclassified by 0.5, record 2 (a relabel
+    # towards class 2) already predicts it by 1.0
+    logits = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.5, 0.0], [0.0, 1.0, 2.0]])
+    goals = _Goals(
+        logits.new_zeros(3, 1),
+        torch.tensor([0, 0, 2]),
+        torch.tensor([-1, -1, 1]),
+        np.arange(3),
+    )
+    each = runner_up_loss(logits, goals.label)
+    ce = torch.nn.functional.cross_entropy(logits, goals.label, reduction="none")
+    free = _forget_term(logits, goals, "runner-up")
+    torch.testing.assert_close(free, torch.stack([each[0], each[1], ce[2]]).mean())
+    at_zero = _forget_term(logits, goals, "runner-up", stop_margin=0.0)
+    torch.testing.assert_close(at_zero, each[0] / 3)  # only the record still on its label
+    wide = _forget_term(logits, goals, "runner-up", stop_margin=0.8)
+    torch.testing.assert_close(wide, (each[0] + each[1]) / 3)  # 1 is only 0.5 past
+
+
+def test_soft_adversarial_labels_are_the_pretrained_predictions(digits_raw, monkeypatch):
+    train, _ = digits_raw
+    model = TorchModel(MLP(64, (16,), 10), epochs=5, lr=1e-2, seed=0).fit(train)
+    seen = {}
+    original = nn.functional.cross_entropy
+
+    def spy(logits, target, *args, **kwargs):
+        if target.is_floating_point() and "soft" not in seen:
+            seen["soft"] = target.detach().clone()
+            seen["logits"] = logits.detach().clone()
+        return original(logits, target, *args, **kwargs)
+
+    monkeypatch.setattr(nn.functional, "cross_entropy", spy)
+    ids = train.ids[:4]
+    quiet = {"max_epochs": 1, "on_failure": "ignore", "seed": 0}
+    u = L2UL(model, n_adv=3, pgd_steps=5, **quiet).attach(train)
+    u.forget(Remove(ids=ids))
+    soft = seen["soft"]
+    assert soft.shape == (12, 10)
+    torch.testing.assert_close(soft.sum(dim=1), torch.ones(12))
+    assert soft.max() < 1.0  # probabilities, not one-hot targets
+    # the first step runs at the pre-trained weights: its own predictions are the labels
+    torch.testing.assert_close(torch.softmax(seen["logits"], dim=1), soft)
+    monkeypatch.undo()
+    seen.clear()
+    monkeypatch.setattr(nn.functional, "cross_entropy", spy)
+    L2UL(model, n_adv=3, pgd_steps=5, adv_labels="target", **quiet).attach(train).forget(
+        Remove(ids=ids)
+    )
+    assert "soft" not in seen  # the paper's labels: the attack targets
+
+
+def test_paper_preset_turns_the_changes_off():
+    assert L2UL.PAPER["stop_margin"] is None and L2UL.PAPER["adv_labels"] == "target"
+    model = TorchModel(MLP(64, (8,), 10))
+    defaults = L2UL(model).get_params()
+    assert defaults["forget_loss"] == "runner-up" and defaults["stop_margin"] == 0.0
+    assert defaults["adv_labels"] == "soft"
+
+
+def test_bad_options_of_the_defaults_are_rejected(digits_raw):
+    train, _ = digits_raw
+    model = TorchModel(MLP(64, (8,), 10), epochs=1, seed=0).fit(train)
+    for options in (
+        {"stop_margin": -0.1},
+        {"stop_margin": "0"},
+        {"adv_labels": "hard"},
+        {"forget_loss": "hinge"},
+    ):
+        with pytest.raises(ValueError, match=next(iter(options))):
+            L2UL(model, **options).attach(train)
+    # the runner-up term is L2UL's: gradient ascent keeps its own two
+    with pytest.raises(ValueError, match="forget_loss"):
+        ob.unlearners.create("gradient-ascent", model, forget_loss="runner-up").attach(train)
