@@ -1,7 +1,9 @@
 """Instance-wise unlearning of a pre-trained CNN (Cha et al., L2UL, AAAI 2024) on CPU.
 
 A small CNN (``SmallCNN``: two 3x3 convolutions, 16 and 32 channels, a 128-unit layer) is
-trained on a Fashion-MNIST subset (and on CIFAR-10 when its batches are installed). Then
+trained on a Fashion-MNIST subset (and on CIFAR-10 when its batches are installed; with
+``--datasets digits``, an MLP with 64 hidden units on scikit-learn's digits, raw pixels, the
+setting of ``tests/unlearners/test_l2ul.py``). Then
 ``k`` random training records (k in {8, 32, 128}; the first k of a seeded permutation, as in
 the paper) are forgotten by
 
@@ -14,8 +16,10 @@ the paper) are forgotten by
 * ``retrain``: the same training recipe from scratch on the retained records (the oracle);
 
 all with the library defaults (``--forget-loss neg-ce`` runs the first three with the
-paper's ``-CE`` instead of ``-log(1 - p_y)``). For each (k, method) the table gives, as means
-over ``--seeds`` seeds (each seed: its own pre-trained model, forget set and method seed):
+paper's ``-CE``, ``complement`` with ``-log(1 - p_y)``, instead of their defaults: L2UL's
+is the cross-entropy towards each record's runner-up class, GA's ``-log(1 - p_y)``). For
+each (k, method) the table gives, as means over ``--seeds`` seeds (each seed: its own
+pre-trained model, forget set and method seed):
 
 * accuracy on the forget records, on retained training records (a seeded sample of
   ``--retain-eval`` of them) and on the test set (``±`` its standard deviation);
@@ -37,6 +41,7 @@ every row as JSON. Results are printed, not committed.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -51,20 +56,21 @@ from oblivio._io import OutputError, claim_output_file, write_json
 from oblivio.audit import accuracy, mia_efficacy
 from oblivio.data import Dataset, Remove
 from oblivio.data.loaders import DataNotFoundError
-from oblivio.models import SmallCNN, TorchModel
+from oblivio.models import MLP, SmallCNN, TorchModel
 
 METHODS = ("GA", "+adv", "+adv+imp", "fine-tune", "random labels", "retrain")
 
 
 def _unlearner(method: str, model: TorchModel, seed: int, args: argparse.Namespace) -> Any:
     """The unlearner behind a table row (library defaults unless an option says otherwise)."""
-    loss = {"forget_loss": args.forget_loss}
+    loss = {} if args.forget_loss is None else {"forget_loss": args.forget_loss}
     if method == "GA":
         return ob.unlearners.create("gradient-ascent", model, goal="correction", seed=seed, **loss)
+    l2ul = {**loss, **dict(args.l2ul)}
     if method == "+adv":
-        return ob.unlearners.create("l2ul", model, importance=False, seed=seed, **loss)
+        return ob.unlearners.create("l2ul", model, importance=False, seed=seed, **l2ul)
     if method == "+adv+imp":
-        return ob.unlearners.create("l2ul", model, seed=seed, **loss)
+        return ob.unlearners.create("l2ul", model, seed=seed, **l2ul)
     if method == "fine-tune":
         return ob.unlearners.create("finetune", model, epochs=args.ft_epochs, seed=seed)
     if method == "random labels":
@@ -74,9 +80,18 @@ def _unlearner(method: str, model: TorchModel, seed: int, args: argparse.Namespa
     raise ValueError(method)
 
 
-def _settings(args: argparse.Namespace) -> list[tuple[str, Dataset, Dataset, Callable]]:
+def _settings(args: argparse.Namespace) -> list[tuple[str, Dataset, Dataset, Callable, str]]:
     settings = []
     for name in args.datasets:
+        if name == "digits":  # bundled: the MLP of tests/unlearners/test_l2ul.py, raw pixels
+            split = ob.datasets.load("digits")
+
+            def make_mlp(seed: int) -> TorchModel:
+                module = MLP(64, (64,), 10)
+                return TorchModel(module, epochs=20, lr=1e-2, batch_size=64, seed=seed)
+
+            settings.append((name, split.train, split.test, make_mlp, "MLP(64), 20 epochs"))
+            continue
         try:
             split = ob.datasets.load(name, seed=0)
         except DataNotFoundError as error:
@@ -91,7 +106,7 @@ def _settings(args: argparse.Namespace) -> list[tuple[str, Dataset, Dataset, Cal
             module = SmallCNN(in_channels=channels, image_size=size, n_classes=10)
             return TorchModel(module, epochs=args.epochs, lr=2e-3, batch_size=64, seed=seed)
 
-        settings.append((name, train, test, make_model))
+        settings.append((name, train, test, make_model, f"SmallCNN, {args.epochs} epochs"))
     return settings
 
 
@@ -112,11 +127,11 @@ def _scores(model: Any, forget: Dataset, retain: Dataset, test: Dataset, seed: i
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for name, train, test, make_model in _settings(args):
+    for name, train, test, make_model, net in _settings(args):
         print(
-            f"\n{name}: {len(train)} train, {len(test)} test images; SmallCNN, {args.epochs} "
-            f"epochs (Adam 2e-3); k in {args.k}; {args.seeds} seeds; forget loss "
-            f"{args.forget_loss}",
+            f"\n{name}: {len(train)} train, {len(test)} test images; {net} "
+            f"(Adam); k in {args.k}; {args.seeds} seeds; forget loss "
+            f"{args.forget_loss or 'defaults'}",
             flush=True,
         )
         for seed in range(args.seeds):
@@ -182,7 +197,7 @@ def _mean(rows: list[dict], key: str) -> float:
 
 
 def _print_table(name: str, rows: list[dict], args: argparse.Namespace) -> None:
-    print(f"\n{name}: means over {args.seeds} seeds (forget loss {args.forget_loss})")
+    print(f"\n{name}: means over {args.seeds} seeds (forget loss {args.forget_loss or 'defaults'})")
     header = (
         f"{'k':>4} {'method':<14} {'forget':>6} {'retain':>6} {'test':>13} {'MIA-eff':>7} "
         f"{'stop':>6} {'steps':>6} {'seconds':>8} {'x retrain':>9}"
@@ -226,10 +241,23 @@ def _fmt(value: float, spec: str) -> str:
     return "–" if not np.isfinite(value) else format(value, spec)
 
 
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--datasets", nargs="+", default=["fashion-mnist", "cifar10"], help="skipped if absent"
+        "--datasets",
+        nargs="+",
+        default=["fashion-mnist", "cifar10"],
+        help="fashion-mnist, cifar10 (SmallCNN; skipped if absent), digits (bundled; an MLP)",
     )
     parser.add_argument("--k", nargs="+", type=int, default=[8, 32, 128], help="forget sizes")
     parser.add_argument("--seeds", type=int, default=3)
@@ -240,7 +268,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--retain-eval", type=int, default=2_000, help="retained records scored per cell"
     )
-    parser.add_argument("--forget-loss", choices=["complement", "neg-ce"], default="complement")
+    parser.add_argument(
+        "--forget-loss",
+        choices=["complement", "neg-ce"],
+        default=None,
+        help="forget term of GA, +adv, +adv+imp (default: each method's own)",
+    )
+    parser.add_argument(
+        "--l2ul",
+        action="append",
+        default=[],
+        type=_option,
+        metavar="KEY=VALUE",
+        help="an l2ul option for +adv and +adv+imp (JSON value), e.g. adv_labels=target; "
+        "repeatable",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 import oblivio as ob
 from oblivio.audit import accuracy
 from oblivio.data import Dataset, Remove
 from oblivio.models import MLP, TorchModel
 from oblivio.unlearners import L2UL
-from oblivio.unlearners.instance import _Continuation
+from oblivio.unlearners._correction import _forget_term, _Goals
+from oblivio.unlearners._neural import invert_importance, mas_importance, runner_up_loss
+from oblivio.unlearners.l2ul import _Continuation
 
 SEEDS = (0, 1, 2)
 
@@ -25,9 +29,25 @@ def digits_raw():
     return split.train, split.test
 
 
+#: The recipe of the previous defaults (the paper's labels for the adversarial examples, no
+#: per-record stop, -log(1 - p_y)): the setting where the importance penalty's effect shows.
+BEFORE = {"forget_loss": "complement", "stop_margin": None, "adv_labels": "target"}
+
+
+def _weighted_share(module, original, omega) -> float:
+    """Share of the squared parameter displacement that falls on anchored weights (Omega~)."""
+    moved = anchored = 0.0
+    for name, p in module.named_parameters():
+        d2 = (p.detach() - original[name]) ** 2
+        moved += float(d2.sum())
+        anchored += float((omega[name] * d2).sum())
+    return anchored / moved
+
+
 @pytest.fixture(scope="module")
 def runs(digits_raw):
-    """Per seed: test-accuracy drop (points) of GA, +adv and +adv+imp, and their results."""
+    """Per seed and variant: (test drop in points, result, forget accuracy, retain drop,
+    share of the displacement on anchored weights)."""
     train, test = digits_raw
     out = {}
     for seed in SEEDS:
@@ -35,58 +55,85 @@ def runs(digits_raw):
         model.fit(train)
         before = accuracy(model, test)
         ids = np.random.default_rng(seed).choice(train.ids, 8, replace=False)
-        forget = train.select(ids)
+        forget, retain = train.select(ids), train.drop(ids)
+        retain_before = accuracy(model, retain)
         assert accuracy(model, forget) == 1.0  # non-vacuous: all 8 start correctly classified
+        original = {n: p.detach().clone() for n, p in model.module_.named_parameters()}
+        X_f = torch.tensor(np.asarray(forget.X), dtype=torch.float32)
+        omega = invert_importance(mas_importance(model.module_, X_f, batch_size=32))
         cell = {}
         for label, options in (
             ("ga", {"adversarial": False, "importance": False}),
             ("adv", {"importance": False}),
             ("full", {}),
+            ("before-adv", {**BEFORE, "importance": False}),
+            ("before-full", BEFORE),
         ):
             u = ob.unlearners.create("l2ul", model, seed=seed, **options).attach(train)
             result = u.forget(Remove(ids=ids))
-            cell[label] = (100 * (before - accuracy(u, test)), result, accuracy(u, forget))
+            cell[label] = (
+                100 * (before - accuracy(u, test)),
+                result,
+                accuracy(u, forget),
+                100 * (retain_before - accuracy(u, retain)),
+                _weighted_share(u.model_.module_, original, omega),
+            )
         out[seed] = cell
     return out
 
 
 def test_goal_reached_on_every_seed(runs):
     for seed, cell in runs.items():
-        drop, result, forget_acc = cell["full"]
-        assert result.diagnostics["goal_reached"] == 1.0, seed
-        assert forget_acc == 0.0, seed
+        for label in ("full", "adv", "before-full"):
+            drop, result, forget_acc, *_ = cell[label]
+            assert result.diagnostics["goal_reached"] == 1.0, (seed, label)
+            assert forget_acc == 0.0, (seed, label)
 
 
-def test_defaults_keep_far_more_test_accuracy_than_gradient_ascent(runs):
-    # measured: GA loses 50-59 points, L2UL 13-14 (the old defaults lost 39-45)
-    for seed, cell in runs.items():
-        assert cell["full"][0] <= 16.0, (seed, cell["full"][0])
-        assert cell["full"][0] <= 0.4 * cell["ga"][0], seed
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 13 target not met: L2UL loses 13-14 test points on this MLP (goal 10); "
-    "misclassifying memorised-but-typical records moves their class boundary",
-)
 def test_ten_point_rule(runs):
-    assert max(cell["full"][0] for cell in runs.values()) <= 10.0
+    """Issue 13: every record misclassified at a cost of at most 10 test points.
 
-
-def test_importance_term_helps(runs):
-    """Same seed, same adversarial set: the penalty alone must lower the test-accuracy drop.
-
-    Measured: 13.8 vs 16.9, 13.3 vs 18.7, 13.6 vs 14.7 points. The effect must hold on every
-    seed and average at least 2 points, more than the spread of the drop between seeds of
-    the full method (about 0.3 points), so it is not noise.
+    Measured (seeds 0, 1, 2): 2.0, 4.7, 8.7 points (8 seeds: mean 5.8, max 10.7); the
+    previous defaults lost 13.8, 14.0, 14.4 and gradient ascent 40-64.
     """
-    gains = np.array([cell["adv"][0] - cell["full"][0] for cell in runs.values()])
-    full = np.array([cell["full"][0] for cell in runs.values()])
-    assert np.all(gains > 0), gains
-    assert gains.mean() >= 2.0, gains
-    assert gains.mean() > 2 * full.std(), (gains, full)
-    for cell in runs.values():
+    for seed, cell in runs.items():
+        assert cell["full"][0] <= 10.0, (seed, cell["full"][0])
+
+
+def test_defaults_keep_far_more_accuracy_than_gradient_ascent_and_the_old_recipe(runs):
+    for seed, cell in runs.items():
+        assert cell["full"][0] <= 0.2 * cell["ga"][0], seed
+        assert cell["full"][3] <= 0.2 * cell["ga"][3], seed  # retained training records
+    full = np.mean([cell["full"][0] for cell in runs.values()])
+    old = np.mean([cell["before-full"][0] for cell in runs.values()])
+    assert full <= old - 5.0, (full, old)
+
+
+def test_importance_term_helps_where_the_update_does_damage(runs):
+    """The paper's claim (+adv+imp keeps more than +adv), in the recipe of the old defaults.
+
+    Same seed, same adversarial set: the penalty alone lowers the test-accuracy drop on
+    every seed. Measured: 13.8 vs 16.9, 14.0 vs 18.7, 14.4 vs 14.7 points (retained records:
+    13.4 vs 16.9, 12.7 vs 17.3, 12.1 vs 12.3).
+    """
+    gains = np.array([c["before-adv"][0] - c["before-full"][0] for c in runs.values()])
+    retain_gains = np.array([c["before-adv"][3] - c["before-full"][3] for c in runs.values()])
+    assert np.all(gains > 0) and gains.mean() >= 2.0, gains
+    assert np.all(retain_gains > 0) and retain_gains.mean() >= 2.0, retain_gains
+
+
+def test_importance_term_localises_the_change_under_the_defaults(runs):
+    """With the defaults the damage is small and so is the penalty's gain (8 seeds: test drop
+    5.8 vs 6.3 points, retained 5.0 vs 5.2; seeds 0-2: 2.0/4.7/8.7 vs 2.7/6.0/8.7), but it
+    still does what it is for: less of the update falls on weights unimportant for the
+    forget records (anchored, Omega~ near 1) than without it, on every seed.
+    """
+    for seed, cell in runs.items():
+        assert cell["full"][4] < cell["adv"][4], (seed, cell["full"][4], cell["adv"][4])
         assert cell["full"][1].diagnostics["lam_final"] > 0
+    full = np.mean([cell["full"][0] for cell in runs.values()])
+    adv = np.mean([cell["adv"][0] for cell in runs.values()])
+    assert full <= adv, (full, adv)
 
 
 def test_automatic_eps_scales_with_the_inputs(digits_raw):
@@ -141,3 +188,135 @@ def test_bad_new_options_are_rejected(digits_raw):
     for options in ({"lam_patience": 0}, {"lam_patience": 1.5}, {"eps": -1.0}, {"pgd_step": 0}):
         with pytest.raises(ValueError, match=next(iter(options))):
             L2UL(model, **options).attach(train)
+
+
+def test_demo_options_scale_the_penalty_with_the_learning_rate():
+    """The demo's l2ul row (unit-norm digits, its MLP(32), 10 records) runs lr 0.1 with
+    ``lam`` 0.01, the paper's product lr * lam = 1e-3: with ``lam`` 1 the penalty pins the
+    weights the records do not use and the update loses far more. Measured on these two
+    sets: 7.6 vs 24.4 and 9.8 vs 17.8 points (issue 13 asks at most 10 in the demo; its two
+    seeds give about 11 on average there, see ``configs/quick.toml``).
+    """
+    from importlib import resources
+
+    from oblivio.bench.config import load_config
+
+    path = resources.files("oblivio.bench") / "configs" / "quick.toml"
+    with resources.as_file(path) as file:
+        config = load_config(file)
+    (spec,) = [u for u in config.unlearners if u.name == "l2ul"]
+    (mlp,) = [m for m in config.models if m.name in spec.models]
+    assert spec.options["lr"] * spec.options["lam"] == pytest.approx(1e-3)
+    split = ob.datasets.load("digits", normalize="l2")
+    train, test = split.train, split.test
+    for seed in (0, 2):
+        hidden = tuple(mlp.options["hidden"])
+        model = TorchModel(
+            MLP(64, hidden, 10),
+            epochs=mlp.options["epochs"],
+            lr=mlp.options["lr"],
+            batch_size=mlp.options["batch_size"],
+            seed=seed,
+        ).fit(train)
+        before = accuracy(model, test)
+        ids = np.random.default_rng(seed).choice(train.ids, 10, replace=False)
+        drops = {}
+        for label, options in (("demo", spec.options), ("lam1", {**spec.options, "lam": 1.0})):
+            u = L2UL(model, seed=seed, **options).attach(train)
+            assert u.forget(Remove(ids=ids)).diagnostics["goal_reached"] == 1.0
+            drops[label] = 100 * (before - accuracy(u, test))
+        assert drops["demo"] <= 10.0 and drops["demo"] <= drops["lam1"] - 5.0, (seed, drops)
+
+
+# -- the building blocks of the defaults -------------------------------------------------------
+def test_runner_up_loss_targets_the_closest_other_class():
+    logits = torch.tensor([[3.0, 2.0, -1.0], [0.5, -2.0, 1.5]], requires_grad=True)
+    labels = torch.tensor([0, 2])
+    loss = runner_up_loss(logits, labels)
+    # runner-ups: class 1 for the first record, class 0 for the second
+    expected = torch.nn.functional.cross_entropy(
+        logits.detach(), torch.tensor([1, 0]), reduction="none"
+    )
+    torch.testing.assert_close(loss.detach(), expected)
+    loss.sum().backward()
+    grad = logits.grad
+    assert grad[0, 1] < 0 and grad[0, 0] > 0  # descent raises the runner-up, lowers y
+    assert grad[1, 0] < 0 and grad[1, 2] > 0
+    with pytest.raises(ValueError, match="logits of shape"):
+        runner_up_loss(torch.zeros(3), labels)
+
+
+def test_forget_term_stops_pushing_records_past_their_margin():
+    # record 0 is still on its label, record 1 is misclassified by 0.5, record 2 (a relabel
+    # towards class 2) already predicts it by 1.0
+    logits = torch.tensor([[2.0, 1.0, 0.0], [1.0, 1.5, 0.0], [0.0, 1.0, 2.0]])
+    goals = _Goals(
+        logits.new_zeros(3, 1),
+        torch.tensor([0, 0, 2]),
+        torch.tensor([-1, -1, 1]),
+        np.arange(3),
+    )
+    each = runner_up_loss(logits, goals.label)
+    ce = torch.nn.functional.cross_entropy(logits, goals.label, reduction="none")
+    free = _forget_term(logits, goals, "runner-up")
+    torch.testing.assert_close(free, torch.stack([each[0], each[1], ce[2]]).mean())
+    at_zero = _forget_term(logits, goals, "runner-up", stop_margin=0.0)
+    torch.testing.assert_close(at_zero, each[0] / 3)  # only the record still on its label
+    wide = _forget_term(logits, goals, "runner-up", stop_margin=0.8)
+    torch.testing.assert_close(wide, (each[0] + each[1]) / 3)  # 1 is only 0.5 past
+
+
+def test_soft_adversarial_labels_are_the_pretrained_predictions(digits_raw, monkeypatch):
+    train, _ = digits_raw
+    model = TorchModel(MLP(64, (16,), 10), epochs=5, lr=1e-2, seed=0).fit(train)
+    seen = {}
+    original = nn.functional.cross_entropy
+
+    def spy(logits, target, *args, **kwargs):
+        if target.is_floating_point() and "soft" not in seen:
+            seen["soft"] = target.detach().clone()
+            seen["logits"] = logits.detach().clone()
+        return original(logits, target, *args, **kwargs)
+
+    monkeypatch.setattr(nn.functional, "cross_entropy", spy)
+    ids = train.ids[:4]
+    quiet = {"max_epochs": 1, "on_failure": "ignore", "seed": 0}
+    u = L2UL(model, n_adv=3, pgd_steps=5, **quiet).attach(train)
+    u.forget(Remove(ids=ids))
+    soft = seen["soft"]
+    assert soft.shape == (12, 10)
+    torch.testing.assert_close(soft.sum(dim=1), torch.ones(12))
+    assert soft.max() < 1.0  # probabilities, not one-hot targets
+    # the first step runs at the pre-trained weights: its own predictions are the labels
+    torch.testing.assert_close(torch.softmax(seen["logits"], dim=1), soft)
+    monkeypatch.undo()
+    seen.clear()
+    monkeypatch.setattr(nn.functional, "cross_entropy", spy)
+    L2UL(model, n_adv=3, pgd_steps=5, adv_labels="target", **quiet).attach(train).forget(
+        Remove(ids=ids)
+    )
+    assert "soft" not in seen  # the paper's labels: the attack targets
+
+
+def test_paper_preset_turns_the_changes_off():
+    assert L2UL.PAPER["stop_margin"] is None and L2UL.PAPER["adv_labels"] == "target"
+    model = TorchModel(MLP(64, (8,), 10))
+    defaults = L2UL(model).get_params()
+    assert defaults["forget_loss"] == "runner-up" and defaults["stop_margin"] == 0.0
+    assert defaults["adv_labels"] == "soft"
+
+
+def test_bad_options_of_the_defaults_are_rejected(digits_raw):
+    train, _ = digits_raw
+    model = TorchModel(MLP(64, (8,), 10), epochs=1, seed=0).fit(train)
+    for options in (
+        {"stop_margin": -0.1},
+        {"stop_margin": "0"},
+        {"adv_labels": "hard"},
+        {"forget_loss": "hinge"},
+    ):
+        with pytest.raises(ValueError, match=next(iter(options))):
+            L2UL(model, **options).attach(train)
+    # the runner-up term is L2UL's: gradient ascent keeps its own two
+    with pytest.raises(ValueError, match="forget_loss"):
+        ob.unlearners.create("gradient-ascent", model, forget_loss="runner-up").attach(train)

@@ -20,7 +20,8 @@ from oblivio.unlearners.base import (
 from oblivio.unlearners.certified import CertifiedRemoval
 from oblivio.unlearners.deletion import SCRUB, L1Sparse, NegGradPlus, SalUn
 from oblivio.unlearners.influence import FirstOrder, SecondOrder
-from oblivio.unlearners.instance import L2UL, FineTune, GradientAscent, RandomLabels
+from oblivio.unlearners.instance import FineTune, GradientAscent, RandomLabels
+from oblivio.unlearners.l2ul import L2UL
 from oblivio.unlearners.retrain import Retrain
 from oblivio.unlearners.sisa import SISA, CheckpointError, SISAEnsemble
 

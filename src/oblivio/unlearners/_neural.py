@@ -1,9 +1,9 @@
 """Building blocks for unlearning neural classifiers, on plain ``torch.nn.Module`` objects.
 
-Pure functions used by :mod:`oblivio.unlearners.instance`: targeted L2 projected gradient
-descent (the adversarial examples of L2UL), MAS weight importance and its inverted min–max
-normalisation, the complementary-label loss, and small helpers (device, tensors, batch-norm
-modes, goal checks).
+Pure functions used by the neural unlearners (:mod:`oblivio.unlearners.l2ul` and others):
+targeted L2 projected gradient descent (the adversarial examples of L2UL), MAS weight
+importance and its inverted min–max normalisation, the complementary-label loss, and small
+helpers (device, tensors, batch-norm modes, goal checks).
 References: Cha et al., *Learning to Unlearn: Instance-wise Unlearning for Pre-trained
 Classifiers*, AAAI 2024 (``reference/instance-unlearning.md`` §3–§4); Aljundi et al.,
 *Memory Aware Synapses*, ECCV 2018; Madry et al., ICLR 2018 (PGD).
@@ -27,6 +27,7 @@ __all__ = [
     "mas_importance",
     "module_device",
     "predict_labels",
+    "runner_up_loss",
     "targeted_l2_pgd",
 ]
 
@@ -167,6 +168,28 @@ def complement_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         nn.functional.one_hot(labels, logits.shape[1]).bool(), float("-inf")
     )
     return torch.logsumexp(logits, dim=1) - torch.logsumexp(others, dim=1)
+
+
+def runner_up_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-record cross-entropy towards the runner-up class ``r = argmax_{j != y} z_j``.
+
+    The class a record is closest to moving into, read from the current logits (``r`` is
+    a constant for the gradient): pushing each record there is the smallest change that
+    stops the model predicting ``y``, where ``-CE`` or ``-log(1 - p_y)`` spread the push
+    over every other class. Unlike those it keeps pulling once the record is misclassified
+    (towards ``p_r = 1``), so it is meant to be used with a per-record stop (records at
+    their goal contribute nothing; :class:`~oblivio.unlearners.L2UL`).
+
+    Returns
+    -------
+    Tensor of shape (n,)
+    """
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"need logits of shape (n, C >= 2), got {tuple(logits.shape)}")
+    others = logits.detach().masked_fill(
+        nn.functional.one_hot(labels, logits.shape[1]).bool(), float("-inf")
+    )
+    return nn.functional.cross_entropy(logits, others.argmax(dim=1), reduction="none")
 
 
 def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
