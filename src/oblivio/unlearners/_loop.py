@@ -91,12 +91,14 @@ _MAX_HALVINGS = 6
 _KEPT_DAMAGE = 0.015
 #: Before a repair phase only a wreck backtracks (accuracy lost beyond this): repair gives
 #: back transient damage.
-_WRECKED_BEFORE_REPAIR = 0.25
+_WRECKED_BEFORE_REPAIR = 0.5
 #: Share of the budget kept for the repair phase (at least; reaching the target early
 #: leaves more).
 _REPAIR_SHARE = 0.15
 #: Retained records per repair step.
 _REPAIR_BATCH = 64
+#: The method's own steps stop this close above the target forget accuracy.
+_REACHED = 0.005
 #: Checks of the forget accuracy per run (the landing rule's checkpoints).
 _CHECKS = 20
 #: A run that lands further than this from a known target warns.
@@ -468,7 +470,9 @@ class _NeuralUnlearner(Unlearner):
         every = max(1, steps // max(1, checks))
         steps_taken = since = halvings = repair_taken = 0
         diverged = reached = False
-        if forget_before <= target:
+        # the method's own steps end within half a point of the target: pushing the last few
+        # records of a deleted class costs retained records more than it gains
+        if forget_before <= target + _REACHED:
             reached = True
 
         def check(step: int) -> float:
@@ -511,7 +515,7 @@ class _NeuralUnlearner(Unlearner):
                     group["lr"] *= 0.5
                 since = 0
                 continue
-            reached = self._last_forget_acc <= target
+            reached = self._last_forget_acc <= target + _REACHED
 
         if repair_loss is not None and not diverged:
             # Repair: retained records only, the learning rate decaying linearly to 0 (the
