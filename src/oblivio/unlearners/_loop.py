@@ -49,7 +49,9 @@ Design of the deletion loop
 * **Fallback without a reference set.** For records of classes still present, no target can
   be known from training data alone (a model that memorised its training set is 100 %
   accurate on all of it). The loop then aims at ``min(forget, retained accuracy) - 0.02``
-  (a modest, conservative move) and reports ``target_known = 0``.
+  (a modest, conservative move) and reports ``target_known = 0``; with fewer forget
+  records than one per 2 points, where a single record overshoots that step, it leaves the
+  model as it is.
 * **Backtracking.** A check in the first phase that finds more than 50 points of accuracy
   lost on the retained (or held-out) sample (3 points for one-phase methods) means the step
   size is too large for this network: the loop goes back to the best checkpoint, halves the
@@ -446,6 +448,11 @@ class _NeuralUnlearner(Unlearner):
         retain_before = self._accuracy(X_r, y_r)
         if source == "fallback":
             target = max(0.0, min(forget_before, retain_before) - fallback_drop)
+            if 1.0 / max(1, y_f.shape[0]) > fallback_drop:
+                # one record is more than the fallback's step: the smallest move overshoots
+                # a guess that nothing supports (retraining kept all 10 of the demo's
+                # records), so without a reference set the model stays where it is
+                target = forget_before
 
         holdout = self._present_holdout(change)
         if holdout is not None:
