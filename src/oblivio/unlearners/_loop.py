@@ -490,8 +490,9 @@ class _NeuralUnlearner(Unlearner):
         if forget_before <= target + _REACHED:
             reached = True
 
-        def check(step: int) -> float:
-            """Measure, keep the checkpoint if it is the best so far; return the damage."""
+        def check(step: int) -> tuple[float, float]:
+            """Measure, keep the checkpoint if it is the best so far; return (damage,
+            forget accuracy)."""
             nonlocal best_score, best_step, best_state, best_accs
             labels, finite = predict_labels(self._module, X_f, with_finite=True)
             forget_acc = float((labels == y_f).float().mean())
@@ -501,8 +502,7 @@ class _NeuralUnlearner(Unlearner):
                 best_score, best_step = current, step
                 best_state = self._module_state()
                 best_accs = (forget_acc, retain_acc)
-            self._last_forget_acc = forget_acc
-            return damage
+            return damage, forget_acc
 
         while steps_taken < impair_cap and not (reached or diverged):
             if not self._step(optimizer, loss_of_step(steps_taken)):
@@ -517,7 +517,7 @@ class _NeuralUnlearner(Unlearner):
             early = since < every and since & (since - 1) == 0
             if not (early or steps_taken % every == 0 or steps_taken == impair_cap):
                 continue
-            damage = check(steps_taken)
+            damage, forget_acc = check(steps_taken)
             if damage > wrecked:
                 # the step size is too large for this network: back to the best checkpoint,
                 # half the learning rate, forget the momentum (a backtracking line search)
@@ -530,13 +530,14 @@ class _NeuralUnlearner(Unlearner):
                     group["lr"] *= 0.5
                 since = 0
                 continue
-            reached = self._last_forget_acc <= target + _REACHED
+            reached = forget_acc <= target + _REACHED
 
-        if repair_loss is not None and not diverged:
+        if repair_loss is not None and steps_taken > 0 and not diverged:
             # Repair: retained records only, the learning rate decaying linearly to 0 (the
             # fine-tuning phase of SCRUB's min steps and of impair-repair schemes): it gives
             # back what the steps above cost the retained and unseen records, while
-            # forget records that only memorisation held stay forgotten.
+            # forget records that only memorisation held stay forgotten. (A run that
+            # took no step, its target met at the start, has nothing to repair.)
             left = records_budget - steps_taken * max(1, records_per_step)
             repair_steps = max(0, int(left // max(1, repair_records)))
             optimizer.state.clear()
