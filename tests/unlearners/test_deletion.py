@@ -114,6 +114,8 @@ def test_classwise_deletion_lands_on_retraining(name, with_holdout, data, traine
     assert 0 < d["work_fraction"] <= 0.05 + 1e-9
     assert result.seconds > 0 and not result.exact
     assert not torch.equal(unlearner.model_.theta, trained.theta)
+    # two phases: the method's own steps reached the class, repair spent the rest
+    assert 0 < d["repair_steps"] < d["steps"]
 
 
 # -- random deletion: the 3-point rule and "never further than no update" --------------------
@@ -154,6 +156,24 @@ def test_a_reference_set_moves_the_model_toward_retraining(data, trained):
     d = result.diagnostics
     assert d["holdout_accuracy"] == pytest.approx(ob.audit.accuracy(trained, holdout))
     assert d["forget_accuracy"] < d["forget_accuracy_before"] == 1.0
+
+
+@pytest.mark.parametrize("name", ["salun", "gradient-ascent", "finetune"])
+def test_few_records_without_a_reference_set_leave_the_model(name, data, trained):
+    """Without a reference set, 10 random records (one record = 10 points, over the
+    fallback's 2-point step) leave the model as it was: any move would overshoot a guess
+    (retraining keeps all of them right here), and nothing is spent on repair."""
+    train, _, _ = data
+    ids = _random_ids(train, seed=1)[:10]
+    retrained = _retrained(trained, train, ids)
+    # non-vacuity: the original fits them all; so does retraining (moving would be wrong)
+    assert ob.audit.accuracy(trained, train.select(ids)) == 1.0
+    assert ob.audit.accuracy(retrained, train.select(ids)) == 1.0
+    unlearner = ob.unlearners.create(name, trained).attach(train)
+    d = unlearner.forget(Remove(ids=ids)).diagnostics
+    assert d["target_known"] == 0.0 and d["target_forget_accuracy"] == 1.0
+    assert d["steps"] == 0.0 and d["repair_steps"] == 0.0
+    assert torch.equal(unlearner.model_.theta, trained.theta)
 
 
 # -- the contract -------------------------------------------------------------------------------
