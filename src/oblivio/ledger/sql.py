@@ -171,9 +171,7 @@ class SQLAlchemyStorage(Storage):
         if result.rowcount != 1:
             raise RuntimeError(f"request {request_id!r} is not pending")
 
-    def finish(self, request_id: str, fields: dict[str, Any]) -> None:
-        if fields.get("status") not in ("rejected", "failed", "interrupted"):
-            raise ValueError(f"finish() closes entries without a version, not {fields!r}")
+    def _close(self, request_id: str, fields: dict[str, Any]) -> None:
         with self._begin() as connection:
             self._update(connection, request_id, fields)
 

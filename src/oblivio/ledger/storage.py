@@ -112,9 +112,15 @@ class Storage(ABC):
     def begin(self, row: dict[str, Any]) -> None:
         """Insert ``row`` as ``pending`` (or reuse the row of an interrupted attempt)."""
 
-    @abstractmethod
     def finish(self, request_id: str, fields: dict[str, Any]) -> None:
         """Close a pending entry as ``rejected``/``failed``/``interrupted`` (no version)."""
+        if fields.get("status") not in ("rejected", "failed", "interrupted"):
+            raise ValueError(f"finish() closes entries without a version, not {fields!r}")
+        self._close(request_id, fields)
+
+    @abstractmethod
+    def _close(self, request_id: str, fields: dict[str, Any]) -> None:
+        """Write ``fields`` to the pending entry ``request_id`` in one transaction."""
 
     @abstractmethod
     def commit(
@@ -302,9 +308,7 @@ class SQLiteStorage(Storage):
         if cursor.rowcount != 1:
             raise RuntimeError(f"request {request_id!r} is not pending")
 
-    def finish(self, request_id: str, fields: dict[str, Any]) -> None:
-        if fields.get("status") not in ("rejected", "failed", "interrupted"):
-            raise ValueError(f"finish() closes entries without a version, not {fields!r}")
+    def _close(self, request_id: str, fields: dict[str, Any]) -> None:
         with self._connect(write=True) as connection:
             self._update(connection, request_id, fields)
 
