@@ -299,8 +299,7 @@ class _NeuralUnlearner(Unlearner):
         return float((predict_labels(self._module, X) == y).float().mean())
 
     def _snapshot(self) -> Any:
-        # every trainable parameter and buffer moves, not only theta: keep the whole state
-        return {k: v.detach().clone() for k, v in self._module.state_dict().items()}
+        return self._module_state()
 
     def _restore(self, state: Any) -> None:
         self._module.load_state_dict(state)
@@ -376,9 +375,7 @@ class _NeuralUnlearner(Unlearner):
     # -- the deletion loop ---------------------------------------------------------------
     def _budget_steps(self, budget: float, records_per_step: int) -> int:
         """Optimiser steps that process ``budget`` x the records of the original training."""
-        epochs = getattr(self.model_, "epochs", None)
-        epochs = 1 if not isinstance(epochs, (int, np.integer)) or epochs < 1 else int(epochs)
-        records = budget * epochs * len(self.train_)
+        records = budget * self._training_records()
         return max(1, math.ceil(records / max(1, records_per_step)))
 
     def _present_holdout(self, change: Change) -> Dataset | None:
@@ -504,12 +501,18 @@ class _NeuralUnlearner(Unlearner):
                 best_accs = (forget_acc, retain_acc)
             return damage, forget_acc
 
-        while steps_taken < impair_cap and not (reached or diverged):
-            if not self._step(optimizer, loss_of_step(steps_taken)):
-                diverged = True
-                break
+        def advance(loss: torch.Tensor) -> bool:
+            """One optimiser step and the method's ``after_step``; False if it diverged."""
+            if not self._step(optimizer, loss):
+                return False
             if after_step is not None:
                 after_step()
+            return True
+
+        while steps_taken < impair_cap and not (reached or diverged):
+            if not advance(loss_of_step(steps_taken)):
+                diverged = True
+                break
             steps_taken += 1
             since += 1
             # regular checks, plus checks at steps 1, 2, 4, 8, ... of every (re)start:
@@ -546,11 +549,9 @@ class _NeuralUnlearner(Unlearner):
             for k in range(repair_steps):
                 for group, lr in zip(optimizer.param_groups, lr0, strict=True):
                     group["lr"] = lr * (1 - k / repair_steps)
-                if not self._step(optimizer, repair_loss(k)):
+                if not advance(repair_loss(k)):
                     diverged = True
                     break
-                if after_step is not None:
-                    after_step()
                 repair_taken += 1
                 if repair_taken % every_repair == 0 or repair_taken == repair_steps:
                     check(steps_taken + repair_taken)
@@ -635,19 +636,27 @@ class _NeuralUnlearner(Unlearner):
         _, generator = _seed_generators(self.seed, 20_000 + self._request_index())
         retain = change.result
         stream = _Stream(self._inputs(retain), self._labels(retain.y), _REPAIR_BATCH, generator)
+        return self._cross_entropy_on(stream)
+
+    def _cross_entropy_on(self, stream: _Stream) -> Callable[[int], torch.Tensor]:
+        """The loss of one step of plain fine-tuning: the mean cross-entropy of the next
+        batch of ``stream`` (repair phases, ``finetune``)."""
         module = self._module
 
-        def repair_loss(step: int) -> torch.Tensor:
+        def loss_of_step(step: int) -> torch.Tensor:
             X, y, _ = stream.next()
             set_train_mode(module, self.bn_mode, X.shape[0])
             return nn.functional.cross_entropy(module(X), y)
 
-        return repair_loss
+        return loss_of_step
 
     def _training_records(self) -> float:
+        """Records the original training processed: ``TorchModel.epochs`` (1 when the model
+        states none) passes over the training set."""
         epochs = getattr(self.model_, "epochs", None)
         epochs = 1 if not isinstance(epochs, (int, np.integer)) or epochs < 1 else int(epochs)
         return float(epochs * len(self.train_))
 
     def _module_state(self) -> dict[str, torch.Tensor]:
+        # every trainable parameter and buffer moves, not only theta: keep the whole state
         return {k: v.detach().clone() for k, v in self._module.state_dict().items()}

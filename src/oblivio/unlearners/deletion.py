@@ -130,7 +130,7 @@ class _Deletion(_NeuralUnlearner):
             change, forget_stream, retain_stream, generator, diagnostics
         )
         if repair is None:
-            repair = self._repair(retain_stream)
+            repair = self._cross_entropy_on(retain_stream)  # retained batches of batch_size
         per_step = self._records_per_step(len(change.before), len(retain))
         diagnostics.update(
             self._run_deletion(
@@ -145,17 +145,6 @@ class _Deletion(_NeuralUnlearner):
         )
         return Outcome(diagnostics=diagnostics)
 
-    def _repair(self, retain: _Stream) -> Any:
-        """The repair phase's loss (``_run_deletion``'s ``repair``): cross-entropy on
-        retained batches of ``batch_size``; methods with their own override."""
-
-        def repair_loss(step: int) -> torch.Tensor:
-            X_r, y_r, _ = retain.next()
-            self._train_mode(X_r.shape[0])
-            return nn.functional.cross_entropy(self._module(X_r), y_r)
-
-        return repair_loss
-
     def _losses(
         self,
         change: Change,
@@ -165,7 +154,8 @@ class _Deletion(_NeuralUnlearner):
         diagnostics: dict[str, float],
     ) -> tuple[Any, Any, Any]:
         """``(loss_of_step, after_step or None, repair)`` for this request; ``repair`` is
-        the repair phase's loss, None for the default (:meth:`_repair`) or False for none."""
+        the repair phase's loss, None for the default (cross-entropy on retained batches) or
+        False for none."""
         raise NotImplementedError
 
     def _train_mode(self, n: int) -> None:

@@ -474,13 +474,7 @@ class FineTune(_NeuralUnlearner):
         retain = change.result
         X, y = self._inputs(retain), self._labels(retain.y)
         if self.epochs is None and change.is_removal:
-            stream = _Stream(X, y, self.batch_size, generator)
-
-            def loss_of_step(step: int) -> torch.Tensor:
-                X_r, y_r, _ = stream.next()
-                set_train_mode(module, self.bn_mode, X_r.shape[0])
-                return nn.functional.cross_entropy(module(X_r), y_r)
-
+            loss_of_step = self._cross_entropy_on(_Stream(X, y, self.batch_size, generator))
             diagnostics = self._run_deletion(
                 change,
                 loss_of_step,
