@@ -25,6 +25,7 @@ from oblivio.unlearners import (
     FineTune,
     GradientAscent,
     L1Sparse,
+    MarginMatch,
     NegGradPlus,
     RandomLabels,
     SalUn,
@@ -119,7 +120,7 @@ def test_classwise_deletion_lands_on_retraining(name, with_holdout, data, traine
 
 
 # -- random deletion: the 3-point rule and "never further than no update" --------------------
-@pytest.mark.parametrize("name", DELETION + ["l1-sparse"])
+@pytest.mark.parametrize("name", DELETION + ["l1-sparse", "margin-match"])
 @pytest.mark.parametrize("with_holdout", [True, False], ids=["holdout", "no-holdout"])
 def test_random_deletion_never_wrecks_the_model(name, with_holdout, data, trained):
     train, holdout, evaluation = data
@@ -177,7 +178,7 @@ def test_few_records_without_a_reference_set_leave_the_model(name, data, trained
 
 
 # -- the contract -------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", DELETION + ["l1-sparse"])
+@pytest.mark.parametrize("name", DELETION + ["l1-sparse", "margin-match"])
 def test_generic_contract(name, data):
     train, _, _ = data
     small = train.take(np.arange(300))
@@ -192,7 +193,7 @@ def test_generic_contract(name, data):
 
 def test_goals_are_declared_and_validated(trained, data):
     train, _, _ = data
-    for cls in (SalUn, SCRUB, NegGradPlus, L1Sparse, FineTune):
+    for cls in (SalUn, SCRUB, NegGradPlus, L1Sparse, FineTune, MarginMatch):
         assert cls.goals == ("deletion",) and cls(trained).goal == "deletion"
     assert L2UL.goals == ("correction",) and L2UL(trained).goal == "correction"
     for cls in (GradientAscent, RandomLabels):
@@ -218,6 +219,9 @@ def test_bad_options_are_rejected(trained, data):
         (L1Sparse, dict(alpha=-1.0), "alpha"),
         (L1Sparse, dict(final_fraction=1.5), "final_fraction"),
         (GradientAscent, dict(budget=-1.0), "budget"),
+        (MarginMatch, dict(weight=0.0), "weight"),
+        (MarginMatch, dict(hard_share=1.5), "hard_share"),
+        (MarginMatch, dict(lr=-1.0), "lr"),
     ]:
         with pytest.raises(ValueError, match=word):
             cls(trained, **options).attach(train)
@@ -225,7 +229,7 @@ def test_bad_options_are_rejected(trained, data):
         SalUn(trained).attach(train, holdout=train.X)
 
 
-@pytest.mark.parametrize("name", ["salun", "scrub", "neggrad-plus", "l1-sparse"])
+@pytest.mark.parametrize("name", ["salun", "scrub", "neggrad-plus", "l1-sparse", "margin-match"])
 def test_only_removals_are_accepted(name, data, trained):
     train, _, _ = data
     unlearner = ob.unlearners.create(name, trained).attach(train)
@@ -324,3 +328,61 @@ def test_holdout_survives_save_and_load(tmp_path, data, trained):
     ga = GradientAscent(trained).attach(train, holdout=holdout)
     ga.save(tmp_path / "ga")
     assert len(Unlearner.load(tmp_path / "ga", model=_model()).holdout_) == len(holdout)
+
+
+# -- margin matching ----------------------------------------------------------------------------
+def test_matched_targets_keep_ranks_and_mirror_deleted_classes():
+    from oblivio.unlearners.margin_match import matched_targets
+
+    margins = torch.tensor([5.0, 1.0, 3.0, 7.0])
+    reference = torch.tensor([-2.0, 0.0, 2.0, 4.0, 6.0, 8.0])
+    absent = torch.tensor([False, False, False, True])
+    targets = matched_targets(margins, reference, absent)
+    # three present records: reference quantiles 1/6, 1/2 and 5/6, given by rank
+    expected = torch.quantile(reference, torch.tensor([1 / 6, 1 / 2, 5 / 6]))
+    assert torch.allclose(targets[[1, 2, 0]], expected)
+    assert targets[3] == -7.0  # a deleted class's record: its own margin, mirrored
+    only_absent = matched_targets(margins, torch.zeros(0), torch.ones(4, dtype=torch.bool))
+    assert torch.equal(only_absent, -margins)
+
+
+def test_margin_match_moves_random_deletion_toward_retraining(data, trained):
+    train, holdout, evaluation = data
+    ids = _random_ids(train, seed=0)
+    retrained = _retrained(trained, train, ids)
+    none_gap, _ = _avg_gap(trained, train, ids, evaluation, retrained)
+    assert none_gap > 2.0  # non-vacuity: doing nothing is measurably off
+    # 10 % of the training's work: the default 5 % is 15 steps on this small set
+    unlearner = MarginMatch(trained, budget=0.1).attach(train, holdout=holdout)
+    assert unlearner._lr() == pytest.approx(0.75 * trained.lr)  # the original's Adam scale
+    result = unlearner.forget(Remove(ids=ids))
+    gap, evaluation_result = _avg_gap(unlearner, train, ids, evaluation, retrained)
+    assert gap < none_gap - 1.0, (gap, none_gap)
+    assert abs(evaluation_result.gaps["accuracy_test"]) <= 0.03
+    d = result.diagnostics
+    assert d["pushed_forget_records"] > 0 and d["repair_steps"] == 0.0
+    assert d["forget_accuracy"] < d["forget_accuracy_before"] == 1.0
+
+
+def test_margin_match_deletes_a_class_without_a_reference_set(data, trained):
+    train, _, evaluation = data
+    ids = train.ids[train.y == 1]
+    retrained = _retrained(trained, train, ids)
+    unlearner = MarginMatch(trained).attach(train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = unlearner.forget(Remove(ids=ids))
+    gap, evaluation_result = _avg_gap(unlearner, train, ids, evaluation, retrained)
+    assert evaluation_result.metrics["accuracy_forget"] <= 0.01 and gap <= 1.0, gap
+    assert result.diagnostics["target_from_absent_class"] == 1.0
+
+
+def test_margin_match_without_a_reference_set_leaves_random_records_and_warns(data, trained):
+    train, _, _ = data
+    ids = _random_ids(train, seed=2)
+    unlearner = MarginMatch(trained).attach(train)
+    with pytest.warns(ob.UnlearningWarning, match="held-out reference set for the 60 forget"):
+        result = unlearner.forget(Remove(ids=ids))
+    d = result.diagnostics
+    assert d["landed"] == 0.0 and d["target_known"] == 0.0 and d["steps"] == 0.0
+    assert torch.equal(unlearner.model_.theta, trained.theta)

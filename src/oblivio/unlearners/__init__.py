@@ -22,6 +22,7 @@ from oblivio.unlearners.deletion import SCRUB, L1Sparse, NegGradPlus, SalUn
 from oblivio.unlearners.influence import FirstOrder, SecondOrder
 from oblivio.unlearners.instance import FineTune, GradientAscent, RandomLabels
 from oblivio.unlearners.l2ul import L2UL
+from oblivio.unlearners.margin_match import MarginMatch
 from oblivio.unlearners.retrain import Retrain
 from oblivio.unlearners.sisa import SISA, CheckpointError, SISAEnsemble
 
@@ -34,6 +35,7 @@ __all__ = [
     "GradientAscent",
     "L2UL",
     "L1Sparse",
+    "MarginMatch",
     "NegGradPlus",
     "SalUn",
     "SCRUB",

@@ -33,7 +33,10 @@ Design of the deletion loop
   too (on a memorising CNN, random labels on a deleted class cost 25 points of retained
   accuracy by the time the class was gone); repair gives that back while records that only
   memorisation held stay forgotten (the impair-repair pattern of SCRUB and UNSIR). Methods
-  that train on retained records alone (``l1-sparse``, ``finetune``) have one phase.
+  that train on retained records alone (``l1-sparse``, ``finetune``) have one phase, and so
+  do *self-balancing* ones (``margin-match``: a per-record target in the loss, retained
+  records in every step): their one phase runs the whole budget with the learning rate
+  decaying linearly to 0, does not stop at the target and backtracks only on a wreck.
 * **Checks and landing.** Every ``1/20`` of the budget (and after steps 1, 2, 4, 8, ...
   before that; 10 more checks during repair) the loop measures the accuracy on fixed
   samples of forget, retained (and held-out) records: 300 to 1,000 of each. It keeps the
@@ -179,6 +182,11 @@ class _NeuralUnlearner(Unlearner):
 
     exact = False
     goals: ClassVar[tuple[str, ...]] = ("deletion",)
+    #: True for a loss that carries its own target per forget record and holds the
+    #: retained records in every step (``margin-match``): the deletion loop then neither ends
+    #: the steps when the forget accuracy reaches its target nor backtracks on transient
+    #: damage short of a wreck; the landing rule alone picks the checkpoint.
+    _self_balancing: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -478,13 +486,15 @@ class _NeuralUnlearner(Unlearner):
         # what they leave goes to repair
         impair_cap = steps if repair_loss is None else max(1, int(steps * (1 - _REPAIR_SHARE)))
         # transient damage is what repair is for: only a wreck backtracks before repair
-        wrecked = _WRECKED if repair_loss is None else _WRECKED_BEFORE_REPAIR
+        balancing = self._self_balancing
+        wrecked = _WRECKED if repair_loss is None and not balancing else _WRECKED_BEFORE_REPAIR
         every = max(1, steps // max(1, checks))
         steps_taken = since = halvings = repair_taken = 0
         diverged = reached = False
         # the method's own steps end within half a point of the target: pushing the last few
-        # records of a deleted class costs retained records more than it gains
-        if forget_before <= target + _REACHED:
+        # records of a deleted class costs retained records more than it gains (methods whose
+        # loss holds its own per-record target run on: the landing rule picks the checkpoint)
+        if not balancing and forget_before <= target + _REACHED:
             reached = True
 
         def check(step: int) -> tuple[float, float]:
@@ -509,7 +519,13 @@ class _NeuralUnlearner(Unlearner):
                 after_step()
             return True
 
+        base_lr = [group["lr"] for group in optimizer.param_groups]
         while steps_taken < impair_cap and not (reached or diverged):
+            if balancing:
+                # one phase that must settle where it lands: the learning rate decays
+                # linearly to 0 over the budget (as in the repair phase)
+                for group, lr in zip(optimizer.param_groups, base_lr, strict=True):
+                    group["lr"] = lr * (1 - steps_taken / impair_cap)
             if not advance(loss_of_step(steps_taken)):
                 diverged = True
                 break
@@ -529,11 +545,12 @@ class _NeuralUnlearner(Unlearner):
                 halvings += 1
                 self._module.load_state_dict(best_state)
                 optimizer.state.clear()
+                base_lr = [lr * 0.5 for lr in base_lr]
                 for group in optimizer.param_groups:
                     group["lr"] *= 0.5
                 since = 0
                 continue
-            reached = forget_acc <= target + _REACHED
+            reached = not balancing and forget_acc <= target + _REACHED
 
         if repair_loss is not None and steps_taken > 0 and not diverged:
             # Repair: retained records only, the learning rate decaying linearly to 0 (the
