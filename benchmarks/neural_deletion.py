@@ -13,9 +13,9 @@ library defaults of each method:
   weights on the retained records;
 * ``no update``: the original model (its avg gap is the bar every method must beat);
 * ``finetune``, ``gradient-ascent``, ``random-labels``, ``neggrad-plus``, ``l1-sparse``,
-  ``salun``, ``scrub``: the deletion methods (a method that serves both goals runs with
-  ``goal="deletion"``); a name the registry does not know is reported on stderr as "not
-  registered" and skipped;
+  ``salun``, ``scrub``, ``margin-match`` (oblivio's own): the deletion methods (a method
+  that serves both goals runs with ``goal="deletion"``); a name the registry does not know
+  is reported on stderr as "not registered" and skipped;
 * ``second-order``: one Newton step on the last layer (``TorchModel(params=[head])``,
   damping 1e-3 per record);
 * ``l2ul``: serves **correction** (Cha et al., AAAI 2024: every forget record
@@ -58,7 +58,7 @@ from oblivio.data import Dataset, Remove
 from oblivio.models import SmallCNN, TorchModel
 
 DELETION = ("finetune", "gradient-ascent", "random-labels", "neggrad-plus", "l1-sparse")
-DELETION += ("salun", "scrub", "second-order")
+DELETION += ("salun", "scrub", "margin-match", "second-order")
 METHODS = ("retrain", "retrain-warm", "no update", *DELETION, "l2ul")
 #: The deletion loop's diagnostics kept in the JSON rows (why a method landed where it did).
 DIAGNOSTICS = (
