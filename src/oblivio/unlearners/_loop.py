@@ -270,22 +270,28 @@ class _NeuralUnlearner(Unlearner):
         return self.lr
 
     def _step(self, optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> bool:
-        """One SGD step on ``loss``; False (and no step) when the loss or a gradient is not
-        finite. Gradient ascent can diverge: the parameters then go back to where the
-        previous step started, the last point whose loss and gradients were finite (the
-        step from there can already overflow the outputs on other inputs).
+        """One optimiser step on ``loss``; False (and no step) when the loss or a gradient is
+        not finite (or so large that the gradient's norm overflows). Gradient ascent can
+        diverge: the parameters then go back to where the previous step started, the last
+        point whose loss and gradients were finite (the step from there can already overflow
+        the outputs on other inputs).
+
+        One host-device synchronisation per step (the finiteness of the loss and of all
+        gradient norms, tested together): a test per tensor stalled a GPU once per parameter
+        on these small, launch-bound networks.
         """
-        if not bool(torch.isfinite(loss.detach())):
-            self._roll_back()
-            return False
         optimizer.zero_grad(set_to_none=True)  # never accumulate across batches (pitfall 4)
         loss.backward()
         params = [p for group in optimizer.param_groups for p in group["params"]]
-        for p in params:
-            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
-                optimizer.zero_grad(set_to_none=True)
-                self._roll_back()
-                return False
+        grads = [p.grad for p in params if p.grad is not None]
+        finite = torch.isfinite(loss.detach())
+        if grads:
+            norm = torch.nn.utils.get_total_norm(grads, error_if_nonfinite=False)
+            finite = finite & torch.isfinite(norm.to(finite.device))
+        if not bool(finite):
+            optimizer.zero_grad(set_to_none=True)
+            self._roll_back()
+            return False
         with torch.no_grad():
             if self._last_good is None:
                 self._last_good = (params, [p.detach().clone() for p in params])
