@@ -262,7 +262,7 @@ def test_scrub_leaves_the_teacher_and_the_users_model_alone(data, trained):
 
 def test_l1_sparse_penalty_decays_linearly_to_zero(data, trained):
     """``CE + alpha (1 - t / T') ||theta||_1`` for ``t < T'``, plain CE afterwards."""
-    from oblivio.unlearners._loop import _Stream
+    from oblivio.unlearners._neural import _Stream
 
     train, _, _ = data
     ids = _random_ids(train, seed=3)

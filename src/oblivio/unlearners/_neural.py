@@ -3,7 +3,7 @@
 Pure functions used by the neural unlearners (:mod:`oblivio.unlearners.l2ul` and others):
 targeted L2 projected gradient descent (the adversarial examples of L2UL), MAS weight
 importance and its inverted min–max normalisation, the complementary-label loss, and small
-helpers (device, tensors, batch-norm modes, goal checks).
+helpers (device, tensors, batch-norm modes, goal checks, seeded mini-batch streams).
 References: Cha et al., *Learning to Unlearn: Instance-wise Unlearning for Pre-trained
 Classifiers*, AAAI 2024 (``reference/instance-unlearning.md`` §3–§4); Aljundi et al.,
 *Memory Aware Synapses*, ECCV 2018; Madry et al., ICLR 2018 (PGD).
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -358,3 +359,50 @@ def invert_importance(importance: dict[str, torch.Tensor]) -> dict[str, torch.Te
         else:
             inverted[name] = 1.0 - (omega - lo) / span
     return inverted
+
+
+# -- seeded batches and shared option checks ---------------------------------------------
+def random_other_labels(
+    labels: torch.Tensor, n_classes: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Labels drawn uniformly from the classes other than ``labels`` (SalUn, Eq. 8)."""
+    shift = torch.randint(1, n_classes, labels.shape, generator=generator)
+    return (labels + shift.to(labels.device)) % n_classes
+
+
+def check_budget(budget: Any) -> None:
+    if not (isinstance(budget, (int, float)) and 0 < budget <= 10):
+        raise ValueError(
+            f"budget (a fraction of the original training) must lie in (0, 10], got {budget!r}"
+        )
+
+
+class _Stream:
+    """Seeded, shuffled mini-batches of ``(X, y)``, cycling through passes."""
+
+    def __init__(
+        self, X: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator
+    ) -> None:
+        self.X, self.y, self.batch_size, self.generator = X, y, batch_size, generator
+        self._order: torch.Tensor | None = None
+        self._at = 0
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The next batch ``(X, y, positions)``."""
+        n = len(self)
+        if self._order is None or self._at >= n:
+            self._order = torch.randperm(n, generator=self.generator).to(self.X.device)
+            self._at = 0
+        index = self._order[self._at : self._at + self.batch_size]
+        self._at += self.batch_size
+        return self.X[index], self.y[index], index
+
+
+def _seed_generators(seed: int, counter: int) -> tuple[np.random.Generator, torch.Generator]:
+    sequence = np.random.SeedSequence([int(seed), int(counter)])
+    rng = np.random.default_rng(sequence)
+    generator = torch.Generator().manual_seed(int(rng.integers(0, 2**62)))
+    return rng, generator

@@ -2,7 +2,7 @@
 
 Each method updates a trained :class:`~oblivio.models.TorchModel` so that it lands where
 retraining without the forgotten records would land (the **deletion** goal; see
-:mod:`oblivio.unlearners._loop` for the shared loop, the target and the landing rule). They
+:mod:`oblivio.unlearners._landing` for the shared loop, the target and the landing rule). They
 differ only in the loss of one optimiser step (and SalUn's mask):
 
 * ``"salun"`` — Fan et al., *SalUn: Empowering Machine Unlearning via Gradient-based Weight
@@ -38,14 +38,15 @@ from torch import nn
 
 from oblivio.data import Change, RequestError
 from oblivio.models.base import Model
-from oblivio.unlearners._loop import (
-    _NeuralUnlearner,
+from oblivio.unlearners._loop import _NeuralUnlearner
+from oblivio.unlearners._neural import (
     _seed_generators,
     _Stream,
     check_budget,
+    complement_loss,
     random_other_labels,
+    set_train_mode,
 )
-from oblivio.unlearners._neural import complement_loss, set_train_mode
 from oblivio.unlearners.base import Outcome, register
 
 __all__ = ["SCRUB", "L1Sparse", "NegGradPlus", "SalUn"]
@@ -179,7 +180,7 @@ class SalUn(_Deletion):
        not move them).
 
     The mask costs one pass over the forget set, inside ``seconds``
-    (``diagnostics["mask_seconds"]``). Stopping and landing: see :mod:`._loop`.
+    (``diagnostics["mask_seconds"]``). Stopping and landing: see :mod:`._landing`.
 
     Parameters
     ----------
@@ -315,7 +316,7 @@ class SCRUB(_Deletion):
     **Rewind (SCRUB+R, Sec. 4).** The forget accuracy is checked along the run and the run
     rewinds to the checkpoint whose forget accuracy is closest to the reference: the
     held-out set's accuracy (the paper's validation error) when one is attached, 0 for a
-    deleted class, else the fallback of :mod:`._loop`. This is the shared landing rule.
+    deleted class, else the fallback of :mod:`._landing`. This is the shared landing rule.
 
     The teacher is a copy of the module made per request (inside ``seconds``).
 
@@ -445,7 +446,7 @@ class NegGradPlus(_Deletion):
     memorising MLP, 38 steps of the paper's form left a deleted class at 100 % accuracy),
     while ``-log(1 - p_y)`` pushes with ``p_y`` and fades once a record is no longer
     predicted (:func:`~oblivio.unlearners._neural.complement_loss`; the same choice as
-    ``gradient-ascent``). Stopping and landing: see :mod:`._loop`; a run whose ascent
+    ``gradient-ascent``). Stopping and landing: see :mod:`._landing`; a run whose ascent
     overflows is rolled back to the last finite step.
 
     Parameters

@@ -16,7 +16,7 @@ be); ``gradient-ascent`` and ``random-labels`` serve both, deletion by default
 (``goal="correction"`` gives their L2UL-style behaviour, every forget record
 misclassified). In correction they run the loop of :mod:`oblivio.unlearners._correction`
 and stop as soon as the goal is reached, or at an epoch cap; in deletion they run the
-shared loop of :mod:`oblivio.unlearners._loop`. The stopping reason, the number of optimiser
+shared loop of :mod:`oblivio.unlearners._landing`. The stopping reason, the number of optimiser
 steps and the final forget accuracy are reported in ``UnlearnResult.diagnostics``.
 """
 
@@ -33,14 +33,16 @@ from torch import nn
 from oblivio.data import Change, RequestError
 from oblivio.models.base import Model
 from oblivio.unlearners._correction import _check_forget_loss, _forget_term, _ForgetDriven, _Goals
-from oblivio.unlearners._loop import (
-    _NeuralUnlearner,
+from oblivio.unlearners._loop import _NeuralUnlearner
+from oblivio.unlearners._neural import (
     _seed_generators,
     _Stream,
     check_budget,
+    complement_loss,
+    evaluating,
     random_other_labels,
+    set_train_mode,
 )
-from oblivio.unlearners._neural import complement_loss, evaluating, set_train_mode
 from oblivio.unlearners.base import Outcome, register
 
 __all__ = ["FineTune", "GradientAscent", "RandomLabels"]
@@ -51,7 +53,7 @@ class _TwoGoals(_ForgetDriven):
 
     ``goal="correction"``: the instance-wise goal of L2UL (every forget record
     misclassified), with the stopping rule of :class:`_ForgetDriven`. ``goal="deletion"``:
-    the shared deletion loop of :mod:`oblivio.unlearners._loop` (target forget accuracy
+    the shared deletion loop of :mod:`oblivio.unlearners._landing` (target forget accuracy
     from a held-out reference set or a deleted class, a budget of ``budget`` x the original
     training's work, landing on the best checkpoint); ``keep_forgotten`` and ``max_epochs``
     apply to correction only.
@@ -100,7 +102,7 @@ class GradientAscent(_TwoGoals):
 
     * ``goal="deletion"`` (default): shuffled forget batches for at most ``budget`` x the
       original training's work, landing where the forget accuracy meets the deletion target
-      (see :mod:`oblivio.unlearners._loop`): ascent alone cannot repair what it damages, so
+      (see :mod:`oblivio.unlearners._landing`): ascent alone cannot repair what it damages, so
       the landing rule keeps it from overshooting.
     * ``goal="correction"``: consecutive forget batches; the goal (every forget record
       misclassified) is checked after each epoch, as in the released code, and training
@@ -225,7 +227,7 @@ class RandomLabels(_TwoGoals):
     * ``goal="deletion"`` (default): retained records are always used (``use_retain`` is
       ignored), labels are redrawn at every step (as the SalUn loader does), the run takes
       at most ``budget`` x the original training's work and lands where the forget
-      accuracy meets the deletion target (:mod:`oblivio.unlearners._loop`). This is
+      accuracy meets the deletion target (:mod:`oblivio.unlearners._landing`). This is
       :class:`~oblivio.unlearners.SalUn` without its saliency mask.
     * ``goal="correction"``: labels fixed for the request; the goal (every forget record
       misclassified) is checked after every step; training stops there or at
@@ -389,7 +391,7 @@ class FineTune(_NeuralUnlearner):
 
     * by default (``epochs=None``) ``budget`` x the original training's work (records
       through forward/backward passes, as the deletion methods count it). A removal runs
-      on the shared deletion loop of :mod:`oblivio.unlearners._loop`: checks along the run,
+      on the shared deletion loop of :mod:`oblivio.unlearners._landing`: checks along the run,
       the target forget accuracy from a held-out reference set
       (``attach(train, holdout=...)``) or a deleted class, and the best checkpoint kept
       (the start counts), so that fine-tuning, which can entrench a memorising network's

@@ -23,8 +23,8 @@ from torch import nn
 from oblivio.data import Change
 from oblivio.models.base import Model
 from oblivio.unlearners._correction import _check_forget_loss, _forget_term, _ForgetDriven, _Goals
-from oblivio.unlearners._loop import _seed_generators
 from oblivio.unlearners._neural import (
+    _seed_generators,
     draw_targets,
     evaluating,
     invert_importance,

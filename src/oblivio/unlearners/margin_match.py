@@ -27,7 +27,7 @@ its own target, to that distribution:
    along, and holding them is what keeps the retained accuracy while the forget records
    move (avg gap 3.4 with 90 % of the batch from them, 4.3 with half, 5.2 with none, on
    the 4k CNN in 60 steps).
-3. **Landing.** The shared loop (:mod:`._loop`): one phase (no repair: the retained term
+3. **Landing.** The shared loop (:mod:`._landing`): one phase (no repair: the retained term
    is in every step, and the learning rate decays linearly to 0 so that the run settles),
    checks along the run, the best checkpoint by the avg-gap proxy with at most 1.5 points
    lost. The run neither stops when the forget accuracy reaches its
@@ -57,8 +57,7 @@ from torch import nn
 
 from oblivio.data import Change
 from oblivio.models.base import Model
-from oblivio.unlearners._loop import _Stream
-from oblivio.unlearners._neural import evaluating
+from oblivio.unlearners._neural import _Stream, evaluating
 from oblivio.unlearners.base import Outcome, register
 from oblivio.unlearners.deletion import _check_fraction, _Deletion
 
