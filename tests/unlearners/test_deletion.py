@@ -360,7 +360,9 @@ def test_margin_match_moves_random_deletion_toward_retraining(data, trained):
     assert gap < none_gap - 1.0, (gap, none_gap)
     assert abs(evaluation_result.gaps["accuracy_test"]) <= 0.03
     d = result.diagnostics
-    assert d["pushed_forget_records"] > 0 and d["repair_steps"] == 0.0
+    assert d["pushed_forget_records"] > 0
+    # self-balancing: one phase over the whole budget, not stopped at the target
+    assert d["steps"] == d["budget_steps"] and d["repair_steps"] == 0.0
     assert d["forget_accuracy"] < d["forget_accuracy_before"] == 1.0
 
 
@@ -376,8 +378,7 @@ def test_margin_match_deletes_a_class_without_a_reference_set(data, trained):
     assert evaluation_result.metrics["accuracy_forget"] <= 0.01 and gap <= 1.0, gap
     d = result.diagnostics
     assert d["target_from_absent_class"] == 1.0
-    # self-balancing: one phase over the whole budget, not stopped at the target
-    assert d["steps"] == d["budget_steps"] and d["repair_steps"] == 0.0
+    assert 0 < d["repair_steps"] < d["steps"]  # a whole class: push, then repair
 
 
 def test_margin_match_without_a_reference_set_leaves_random_records_and_warns(data, trained):

@@ -264,8 +264,9 @@ class _DeletionLoop:
             steps_taken += 1
             since += 1
             # regular checks, plus checks at steps 1, 2, 4, 8, ... of every (re)start:
-            # ascent and random labels can cross the target within the first few steps
-            early = since < every and since & (since - 1) == 0
+            # ascent and random labels can cross the target within the first few steps (a
+            # self-balancing loss under a decaying learning rate does not)
+            early = not balancing and since < every and since & (since - 1) == 0
             if not (early or steps_taken % every == 0 or steps_taken == impair_cap):
                 continue
             damage, forget_acc = check(steps_taken)

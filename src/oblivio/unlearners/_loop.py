@@ -47,9 +47,10 @@ class _NeuralUnlearner(_DeletionLoop, Unlearner):
     exact = False
     goals: ClassVar[tuple[str, ...]] = ("deletion",)
     #: True for a loss that carries its own target per forget record and holds the
-    #: retained records in every step (``margin-match``): the deletion loop then neither ends
-    #: the steps when the forget accuracy reaches its target nor backtracks on transient
-    #: damage short of a wreck; the landing rule alone picks the checkpoint.
+    #: retained records in every step (``margin-match`` sets it per request): the deletion
+    #: loop then neither ends the steps when the forget accuracy reaches its target nor
+    #: backtracks on transient damage short of a wreck; the landing rule alone picks the
+    #: checkpoint.
     _self_balancing: ClassVar[bool] = False
 
     def __init__(
