@@ -41,7 +41,7 @@ its own target, to that distribution:
    loss of a few retained points that the retained term then wins back (only a 50-point
    wreck backtracks).
 
-For random records it needs a reference set (``attach(train, holdout=...)``) for records of classes that keep
+It needs a reference set (``attach(train, holdout=...)``) for records of classes that keep
 training records; without one it leaves the model as it is and warns. Whole-class requests
 need none.
 
