@@ -138,6 +138,7 @@ class MarginMatch(_Deletion):
     """
 
     name = "margin-match"
+
     def __init__(
         self,
         model: Model,
