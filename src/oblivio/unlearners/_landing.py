@@ -256,13 +256,18 @@ class _DeletionLoop:
                 after_step()
             return True
 
+        def decay(base_lr: list[float], done: int, total: int) -> None:
+            """The learning rate of each group at ``done`` of ``total`` steps of a linear
+            decay from ``base_lr`` to 0."""
+            for group, lr in zip(optimizer.param_groups, base_lr, strict=True):
+                group["lr"] = lr * (1 - done / total)
+
         base_lr = [group["lr"] for group in optimizer.param_groups]
         while steps_taken < impair_cap and not (reached or diverged):
             if balancing:
                 # one phase that must settle where it lands: the learning rate decays
                 # linearly to 0 over the budget (as in the repair phase)
-                for group, lr in zip(optimizer.param_groups, base_lr, strict=True):
-                    group["lr"] = lr * (1 - steps_taken / impair_cap)
+                decay(base_lr, steps_taken, impair_cap)
             if not advance(loss_of_step(steps_taken)):
                 diverged = True
                 break
@@ -302,8 +307,7 @@ class _DeletionLoop:
             lr0 = [group["lr"] for group in optimizer.param_groups]
             every_repair = max(1, repair_steps // max(1, checks // 2))
             for k in range(repair_steps):
-                for group, lr in zip(optimizer.param_groups, lr0, strict=True):
-                    group["lr"] = lr * (1 - k / repair_steps)
+                decay(lr0, k, repair_steps)
                 if not advance(repair_loss(k)):
                     diverged = True
                     break
