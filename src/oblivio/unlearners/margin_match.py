@@ -60,7 +60,7 @@ from torch import nn
 
 from oblivio.data import Change
 from oblivio.models.base import Model
-from oblivio.unlearners._neural import _Stream, evaluating
+from oblivio.unlearners._neural import EVAL_BATCH, _Stream, evaluating
 from oblivio.unlearners.base import Outcome, register
 from oblivio.unlearners.deletion import _check_fraction, _Deletion
 
@@ -77,8 +77,9 @@ def logit_margins(module: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.
     """Margin of each record in eval mode: its label's logit minus the largest other."""
     out = []
     with evaluating(module):
-        for start in range(0, X.shape[0], 1024):
-            out.append(_margins(module(X[start : start + 1024]), y[start : start + 1024]))
+        for start in range(0, X.shape[0], EVAL_BATCH):
+            stop = start + EVAL_BATCH
+            out.append(_margins(module(X[start:stop]), y[start:stop]))
     return torch.cat(out) if out else torch.zeros(0, device=X.device)
 
 
