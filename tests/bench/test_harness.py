@@ -52,6 +52,10 @@ def _comparable(records):
         ({"requests": [{"kind": "remove", "size": 3}]}, r"unknown key requests\[0\].size"),
         ({"audit": {"mia": "yes"}}, r"audit.mia must be bool"),
         ({"requests": []}, "requests is empty"),
+        (
+            {"datasets": [{"name": "digits", "holdout": 1.0}]},
+            r"datasets\[0\].holdout must lie in \[0, 1\), got 1.0",
+        ),
     ],
 )
 def test_config_errors_name_the_bad_key(patch, message):
@@ -153,3 +157,25 @@ def test_another_config_is_not_mixed_into_a_results_folder(tmp_path):
     with pytest.warns(UserWarning, match="1 earlier result"):
         records = runner.run_config(edited, tmp_path)
     assert len(records) == 2
+
+
+def test_a_reference_set_reaches_the_methods_that_take_one(tmp_path):
+    """``holdout`` sets part of the test split aside; neural deletion gets it as its
+    reference set (its target becomes known), and the rest is the test set."""
+    base = {
+        "name": "holdout",
+        "seeds": [0],
+        "models": [
+            {"name": "mlp", "kind": "mlp", "options": {"hidden": [32], "epochs": 20, "lr": 3e-3}}
+        ],
+        "unlearners": [{"name": "salun"}],
+        "requests": [{"kind": "remove", "count": 20}],
+    }
+    dataset = {"name": "digits", "options": {"normalize": "l2"}}
+    (without,) = runner.run_config(parse_config({**base, "datasets": [dataset]}), tmp_path / "a")
+    (with_holdout,) = runner.run_config(
+        parse_config({**base, "datasets": [{**dataset, "holdout": 0.5}]}), tmp_path / "b"
+    )
+    assert without["n_holdout"] == 0 and without["diagnostics"]["target_known"] == 0.0
+    assert with_holdout["n_holdout"] > 0 and with_holdout["diagnostics"]["target_known"] == 1.0
+    assert with_holdout["diagnostics"]["holdout_accuracy"] > 0.5

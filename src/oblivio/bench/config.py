@@ -9,6 +9,7 @@ requests, seeds and audits; the runner executes every combination ("cell")::
     [[datasets]]
     name = "digits"
     options = { normalize = "l2" }
+    holdout = 0.5                  # optional: test share set aside as the reference set
 
     [[models]]
     name = "logreg"
@@ -55,9 +56,14 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """A data set of the grid. ``holdout``: share of the test split set aside (seeded) as
+    the reference set of methods that take one (``attach(train, holdout=...)``: the neural
+    deletion methods' target on random records); the rest is the test set."""
+
     name: str
     options: dict[str, Any] = field(default_factory=dict)
     label: str = ""
+    holdout: float = 0.0
 
     @property
     def key(self) -> str:
@@ -216,8 +222,11 @@ def parse_config(raw: dict[str, Any], name: str = "config") -> Config:
     dataset_specs = []
     for index, table in enumerate(_list_of_tables(raw, "datasets")):
         where = f"datasets[{index}]"
-        _check_keys(table, {"name", "options", "label"}, where)
+        _check_keys(table, {"name", "options", "label", "holdout"}, where)
         dataset_name = _expect(table.get("name"), str, f"{where}.name")
+        holdout = float(_expect(table.get("holdout", 0.0), (int, float), f"{where}.holdout"))
+        if not 0 <= holdout < 1:
+            raise ConfigError(f"{where}.holdout must lie in [0, 1), got {holdout}")
         scheme = dataset_name.partition(":")[0]
         if scheme not in dataset_registry.available():
             raise ConfigError(
@@ -229,6 +238,7 @@ def parse_config(raw: dict[str, Any], name: str = "config") -> Config:
                 dataset_name,
                 dict(_expect(table.get("options", {}), dict, f"{where}.options")),
                 _expect(table.get("label", ""), str, f"{where}.label"),
+                holdout,
             )
         )
 

@@ -11,6 +11,7 @@ where it stopped.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import platform
@@ -237,7 +238,12 @@ def run_cell(cell: Cell, out: Path, mia: bool = True) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     split = load_dataset(cell.dataset)
-    test = split.test
+    test, holdout = split.test, None
+    if cell.dataset.holdout:
+        # the same records for every cell of the data set, so methods compare on one test set
+        order = np.random.default_rng(0).permutation(len(test))
+        k = min(len(test) - 1, max(1, round(cell.dataset.holdout * len(test))))
+        holdout, test = test.take(np.sort(order[:k])), test.take(np.sort(order[k:]))
     scenario = make_scenario(cell.request, split.train, cell.seed)
     final = scenario.final_training_set()
     cache = out / "cache"
@@ -260,17 +266,19 @@ def run_cell(cell: Cell, out: Path, mia: bool = True) -> dict[str, Any]:
 
     options = method_options(cell.unlearner.name, cell.unlearner.options)
     unlearner = unlearners.create(cell.unlearner.name, fresh(), **options)
+    takes_holdout = "holdout" in inspect.signature(unlearner.attach).parameters
+    reference_set = {"holdout": holdout} if holdout is not None and takes_holdout else {}
     if unlearner.requires_fit:
-        unlearner.fit(scenario.train)
+        unlearner.fit(scenario.train, **reference_set)
     else:
         unlearner.model = original
         try:
-            unlearner.attach(scenario.train)
+            unlearner.attach(scenario.train, **reference_set)
         except ValueError:
             # e.g. certified removal refuses a model trained without loss perturbation:
             # such methods train their own model (not counted as unlearning time).
             unlearner.model = fresh()
-            unlearner.fit(scenario.train)
+            unlearner.fit(scenario.train, **reference_set)
     seconds = unlearner.prepare_seconds_
     budget_trace = []
     results = []
@@ -320,6 +328,7 @@ def run_cell(cell: Cell, out: Path, mia: bool = True) -> dict[str, Any]:
         "request_kind": cell.request.kind,
         "seed": cell.seed,
         "n_train": len(scenario.train),
+        "n_holdout": len(reference_set.get("holdout") or ()),
         "n_affected": int(sum(r.n_affected for r in results)),
         "n_requests": len(results),
         "seconds": seconds,
