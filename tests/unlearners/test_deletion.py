@@ -260,6 +260,28 @@ def test_scrub_leaves_the_teacher_and_the_users_model_alone(data, trained):
     assert not torch.equal(unlearner.model_.theta, theta)
 
 
+def test_scrub_clips_each_step_and_the_others_do_not(data, trained):
+    train, _, _ = data
+    batch = train.take(np.arange(32))
+
+    def step_norm(cls) -> float:
+        u = cls(trained, momentum=0.0, weight_decay=0.0).attach(train)
+        optimizer = u._optimizer()
+        params = list(u._module.parameters())
+        before = [p.detach().clone() for p in params]
+        logits = u._module(u._inputs(batch))
+        wrong = u._labels((batch.y + 1) % 10)  # a large gradient on a memorised net
+        loss = 1000 * torch.nn.functional.cross_entropy(logits, wrong)
+        assert u._step(optimizer, loss)
+        moved = torch.cat(
+            [(b - p.detach()).reshape(-1) for b, p in zip(before, params, strict=True)]
+        )
+        return float(moved.norm()) / u.lr  # plain SGD: the step is lr x the gradient
+
+    assert step_norm(SCRUB) == pytest.approx(5.0, rel=1e-4)
+    assert step_norm(NegGradPlus) > 50.0  # the same loss, unclipped
+
+
 def test_l1_sparse_penalty_decays_linearly_to_zero(data, trained):
     """``CE + alpha (1 - t / T') ||theta||_1`` for ``t < T'``, plain CE afterwards."""
     from oblivio.unlearners._neural import _Stream

@@ -52,6 +52,9 @@ class _NeuralUnlearner(_DeletionLoop, Unlearner):
     #: backtracks on transient damage short of a wreck; the landing rule alone picks the
     #: checkpoint.
     _self_balancing: ClassVar[bool] = False
+    #: Gradients whose total norm exceeds this are scaled down to it before each step (None:
+    #: no clipping; SCRUB's ascent needs it).
+    _max_grad_norm: ClassVar[float | None] = None
 
     def __init__(
         self,
@@ -157,6 +160,11 @@ class _NeuralUnlearner(_DeletionLoop, Unlearner):
             optimizer.zero_grad(set_to_none=True)
             self._roll_back()
             return False
+        if self._max_grad_norm is not None and grads:
+            # clipping by the norm already at hand: no second synchronisation
+            scale = torch.clamp(self._max_grad_norm / (norm + 1e-12), max=1.0)
+            for g in grads:
+                g.mul_(scale.to(g.device))
         with torch.no_grad():
             if self._last_good is None:
                 self._last_good = (params, [p.detach().clone() for p in params])
