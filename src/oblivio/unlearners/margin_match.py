@@ -128,8 +128,8 @@ class MarginMatch(_Deletion):
     weight : float
         Weight of the forget term against the retained cross-entropy (default 2).
     hard_share : float
-        Share of each retained batch drawn from the hardest 20 % of retained records, in
-        [0, 1] (default 0.5; 0 draws uniformly).
+        Share of each retained batch drawn from the hardest 10 % of retained records, in
+        [0, 1] (default 0.9; 0 draws uniformly).
     budget : float
         Records processed per request as a fraction of the original training (default
         0.05), as for :class:`~oblivio.unlearners.SalUn`.
