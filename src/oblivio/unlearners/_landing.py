@@ -133,18 +133,17 @@ class _DeletionLoop:
         keep = np.isin(holdout.y, np.unique(change.result.y))
         return holdout.take(np.flatnonzero(keep)) if keep.any() else None
 
-    def _deletion_target(self, change: Change) -> tuple[float, str, float]:
-        """(target forget accuracy, its source, the reference set's accuracy or nan)."""
+    def _deletion_target(
+        self, change: Change, X_h: torch.Tensor | None, y_h: torch.Tensor | None
+    ) -> tuple[float, str, float]:
+        """(target forget accuracy, its source, the reference set's accuracy or nan), from
+        the reference records of classes still present (``X_h, y_h``; None without)."""
         forget = change.before
         present = np.isin(forget.y, np.unique(change.result.y))
-        holdout = self._present_holdout(change)
-        reference = float("nan")
-        if holdout is not None:
-            X_h, y_h = self._inputs(holdout), self._labels(holdout.y)
-            reference = self._accuracy(X_h, y_h)
+        reference = float("nan") if X_h is None else self._accuracy(X_h, y_h)
         if not present.any():
             return 0.0, "absent-class", reference
-        if holdout is not None:
+        if X_h is not None:
             return float(present.mean()) * reference, "holdout", reference
         return float("nan"), "fallback", reference
 
@@ -185,7 +184,11 @@ class _DeletionLoop:
         sample_data = retain.take(np.sort(sample))
         X_r, y_r = self._inputs(sample_data), self._labels(sample_data.y)
 
-        target, source, reference = self._deletion_target(change)
+        holdout = self._present_holdout(change)
+        X_h = y_h = None
+        if holdout is not None:
+            X_h, y_h = self._inputs(holdout), self._labels(holdout.y)
+        target, source, reference = self._deletion_target(change, X_h, y_h)
         forget_before = self._accuracy(X_f, y_f)
         retain_before = self._accuracy(X_r, y_r)
         if source == "fallback":
@@ -196,9 +199,7 @@ class _DeletionLoop:
                 # records), so without a reference set the model stays where it is
                 target = forget_before
 
-        holdout = self._present_holdout(change)
         if holdout is not None:
-            X_h, y_h = self._inputs(holdout), self._labels(holdout.y)
             X_h, y_h = X_h[:n_check], y_h[:n_check]
             holdout_before = self._accuracy(X_h, y_h)
 
