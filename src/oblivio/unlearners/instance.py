@@ -335,11 +335,7 @@ class RandomLabels(_TwoGoals):
         if n_classes < 2:
             raise RequestError("random labels need at least 2 classes")
 
-        def wrong_labels(labels: torch.Tensor) -> torch.Tensor:
-            shift = torch.randint(1, n_classes, labels.shape, generator=generator)
-            return (labels + shift.to(labels.device)) % n_classes
-
-        random_y = wrong_labels(current.label)
+        random_y = random_other_labels(current.label, n_classes, generator)
         steps_per_epoch = math.ceil(len(current) / self.batch_size)
         retain = change.result if self.use_retain else None
         if retain is not None and len(retain) == 0:
@@ -366,7 +362,7 @@ class RandomLabels(_TwoGoals):
             y_f = random_y[start : start + self.batch_size]
             if extra is not None:
                 X_f = torch.cat([X_f, extra.X])
-                y_f = torch.cat([y_f, wrong_labels(extra.label)])
+                y_f = torch.cat([y_f, random_other_labels(extra.label, n_classes, generator)])
             if X_r is not None:
                 X_b, y_b = retain_batch(step)
                 X_f, y_f = torch.cat([X_f, X_b]), torch.cat([y_f, y_b])
