@@ -39,7 +39,6 @@ seeds) needs a GPU or a long CPU run; ``--n 10000 --seeds 1`` fits a small CPU m
 from __future__ import annotations
 
 import argparse
-import inspect
 import io
 import sys
 import time
@@ -53,7 +52,7 @@ from threadpoolctl import threadpool_limits
 import oblivio as ob
 from oblivio._io import write_bytes, write_json, write_text
 from oblivio.audit.evaluate import AVG_GAP_METRICS, avg_gap
-from oblivio.bench.runner import goal_of, method_options
+from oblivio.bench.runner import goal_of, method_options, reference_set
 from oblivio.data import Dataset, Remove
 from oblivio.models import SmallCNN, TorchModel
 
@@ -231,10 +230,7 @@ def run_seed(
             unlearner = make_unlearner(method, original, recipe, seed)
             goal = goal_of(unlearner)
             log(f"seed {seed}, {request}: {method} ({goal})")
-            if holdout is not None and "holdout" in inspect.signature(unlearner.attach).parameters:
-                unlearner.attach(train, holdout=holdout)  # sets the deletion target
-            else:
-                unlearner.attach(train)
+            unlearner.attach(train, **reference_set(unlearner, holdout))  # the target
             result = unlearner.forget(Remove(ids=forget_ids))
             seconds = unlearner.prepare_seconds_ + result.seconds
             own = scores(unlearner.model_, forget, retain, test, seed)

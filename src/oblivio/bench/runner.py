@@ -170,6 +170,14 @@ def goal_of(unlearner: Any) -> str:
     return str(goal)
 
 
+def reference_set(unlearner: Any, holdout: Dataset | None) -> dict[str, Dataset]:
+    """``{"holdout": holdout}`` for ``fit``/``attach`` of an unlearner that takes a
+    reference set (the neural deletion methods: it sets their target), else ``{}``."""
+    if holdout is None or "holdout" not in inspect.signature(unlearner.attach).parameters:
+        return {}
+    return {"holdout": holdout}
+
+
 def method_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """A method's options for a harness cell: one that serves both goals and is not told
     which (``goal=``) runs on deletion, what a removal request asks of it."""
@@ -266,19 +274,18 @@ def run_cell(cell: Cell, out: Path, mia: bool = True) -> dict[str, Any]:
 
     options = method_options(cell.unlearner.name, cell.unlearner.options)
     unlearner = unlearners.create(cell.unlearner.name, fresh(), **options)
-    takes_holdout = "holdout" in inspect.signature(unlearner.attach).parameters
-    reference_set = {"holdout": holdout} if holdout is not None and takes_holdout else {}
+    reference_records = reference_set(unlearner, holdout)
     if unlearner.requires_fit:
-        unlearner.fit(scenario.train, **reference_set)
+        unlearner.fit(scenario.train, **reference_records)
     else:
         unlearner.model = original
         try:
-            unlearner.attach(scenario.train, **reference_set)
+            unlearner.attach(scenario.train, **reference_records)
         except ValueError:
             # e.g. certified removal refuses a model trained without loss perturbation:
             # such methods train their own model (not counted as unlearning time).
             unlearner.model = fresh()
-            unlearner.fit(scenario.train, **reference_set)
+            unlearner.fit(scenario.train, **reference_records)
     seconds = unlearner.prepare_seconds_
     budget_trace = []
     results = []
@@ -328,7 +335,7 @@ def run_cell(cell: Cell, out: Path, mia: bool = True) -> dict[str, Any]:
         "request_kind": cell.request.kind,
         "seed": cell.seed,
         "n_train": len(scenario.train),
-        "n_holdout": len(reference_set.get("holdout") or ()),
+        "n_holdout": len(reference_records.get("holdout") or ()),
         "n_affected": int(sum(r.n_affected for r in results)),
         "n_requests": len(results),
         "seconds": seconds,
