@@ -34,12 +34,19 @@ Writes ``neural_deletion.md`` (the table), ``neural_deletion.json`` (every row) 
 ``--out`` through ``oblivio._io`` (atomic; nothing else in the folder is touched).
 Progress goes to stderr. ``--device cuda`` runs on a GPU. The full run (60,000 images, 3
 seeds) needs a GPU or a long CPU run; ``--n 10000 --seeds 1`` fits a small CPU machine.
+
+Seeds can run side by side (one GPU keeps several of these launch-bound runs busy): give
+each process its own ``--first-seed`` and ``--out``, then ``--merge DIR DIR ... --out ALL``
+writes one table, JSON and figure from their rows without training anything. Speed-ups
+stay honest under sharing: each is the ratio of two timings taken in the same process,
+under the same load.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 import time
 from pathlib import Path
@@ -361,12 +368,45 @@ def figure(rows: list[dict]) -> bytes:
     return buffer.getvalue()
 
 
+def merge(sources: list[Path], out: Path) -> int:
+    """One table, JSON and figure from the rows of several runs (e.g. seeds run side by side)."""
+    rows: list[dict] = []
+    headers = []
+    for source in sources:
+        path = source / "neural_deletion.json"
+        if not path.is_file():
+            raise SystemExit(f"--merge: {path} does not exist (did that run write anything?)")
+        rows += json.loads(path.read_text())
+        md = source / "neural_deletion.md"
+        if md.is_file():
+            headers.append(f"- `{source.name}`: {md.read_text().split(chr(10))[2]}")
+    seeds = sorted({r["seed"] for r in rows})
+    header = (
+        f"# Neural deletion: Fashion-MNIST, SmallCNN\n\nMerged from {len(sources)} runs "
+        f"(seeds {seeds}); means over seeds.\n\n" + "\n".join(headers)
+    )
+    text = table(rows, header)
+    write_text(out / "neural_deletion.md", text)
+    write_json(out / "neural_deletion.json", rows)
+    write_bytes(out / "neural_deletion.png", figure(rows))
+    print(text)
+    log(f"written to {out}/neural_deletion.{{md,json,png}}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", help="folder with the Fashion-MNIST IDX files (optional)")
     parser.add_argument("--n", type=int, help="training images (seeded subsample; default all)")
     parser.add_argument("--n-test", type=int, help="test images (default all)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds run: K, K+1, ...")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="DIR",
+        help="only merge the neural_deletion.json of these runs into --out (no training)",
+    )
     parser.add_argument(
         "--holdout",
         type=int,
@@ -400,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds after which no new request starts (the table so far is written)",
     )
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge([Path(d) for d in args.merge], Path(args.out))
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         parser.error(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
@@ -435,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         header = (
             f"# Neural deletion: Fashion-MNIST, SmallCNN\n\n{len(train)} training / "
             f"{len(test)} test images ({args.holdout} more as the reference set), "
-            f"{args.seeds} seed(s), device {args.device}, {total:.0f} s "
+            f"seed(s) {list(range(args.first_seed, args.first_seed + args.seeds))}, device "
+            f"{args.device}, {total:.0f} s "
             f"{'in all' if final else 'so far (incomplete)'}; means over seeds."
         )
         text = table(done, header)
@@ -446,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args.flush = lambda seed_rows: write(rows + seed_rows)
     with threadpool_limits(limits=args.threads):
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             if time.perf_counter() > args.deadline:
                 break
             rows += run_seed(args, train, test, holdout, seed)

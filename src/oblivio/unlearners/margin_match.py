@@ -66,7 +66,7 @@ from torch import nn
 
 from oblivio.data import Change
 from oblivio.models.base import Model
-from oblivio.unlearners._neural import EVAL_BATCH, _Stream, evaluating
+from oblivio.unlearners._neural import _Stream, eval_batch, evaluating
 from oblivio.unlearners.base import Outcome, register
 from oblivio.unlearners.deletion import _check_fraction, _Deletion
 
@@ -82,9 +82,10 @@ _HARD = 0.1
 def logit_margins(module: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Margin of each record in eval mode: its label's logit minus the largest other."""
     out = []
+    size = eval_batch(X.device)
     with evaluating(module):
-        for start in range(0, X.shape[0], EVAL_BATCH):
-            stop = start + EVAL_BATCH
+        for start in range(0, X.shape[0], size):
+            stop = start + size
             out.append(_margins(module(X[start:stop]), y[start:stop]))
     return torch.cat(out) if out else torch.zeros(0, device=X.device)
 
