@@ -475,13 +475,22 @@ def test_generic_contract(name, digits01):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_runs_on_cuda(digits01):
-    train, _ = digits01
-    model = TorchModel(MLP(64, (32,), 10), epochs=5, lr=1e-2, device="cuda").fit(train)
-    ids = _forget_ids(train, model, 6, seed=10)
+def test_runs_on_cuda():
+    """L2UL on CUDA in the setting its defaults were measured in (``test_l2ul.py``: raw digit
+    pixels, MLP(64) trained 20 epochs, 8 records): the goal is reached and the test
+    accuracy kept as on the CPU. (A 5-epoch MLP on pixels scaled to [0, 1] does not reach
+    its goal with the defaults on either device: seeds 0 and 1 stop at the cap on the CPU.)"""
+    split = ob.datasets.load("digits")
+    train, test = split.train, split.test
+    model = TorchModel(MLP(64, (64,), 10), epochs=20, lr=1e-2, batch_size=64, device="cuda")
+    model.fit(train)
+    ids = np.random.default_rng(0).choice(train.ids, 8, replace=False)
+    assert accuracy(model, train.select(ids)) == 1.0  # non-vacuous
     unlearner = L2UL(model).attach(train)
     result = unlearner.forget(Remove(ids=ids))
     assert result.diagnostics["goal_reached"] == 1.0
+    assert accuracy(unlearner, train.select(ids)) == 0.0
+    assert 100 * (accuracy(model, test) - accuracy(unlearner, test)) <= 10.0
     assert unlearner.model_.theta.device.type == "cuda"
 
 
