@@ -119,6 +119,31 @@ def test_classwise_deletion_lands_on_retraining(name, with_holdout, data, traine
     assert 0 < d["repair_steps"] < d["steps"]
 
 
+def test_repair_holds_a_deleted_class_down_and_only_a_deleted_one(data, trained):
+    """The repair phase's absent-class guard: ``-log(1 - p(absent classes))`` on the
+    deleted classes' records; none for random records, whose classes stay."""
+    train, _, _ = data
+    unlearner = ob.unlearners.create("random-labels", trained).attach(train)
+    random_change = Remove(ids=_random_ids(train, 0)).resolve(train)
+    assert unlearner._absent_class_guard(random_change) is None
+
+    change = Remove(ids=train.ids[np.isin(train.y, [1, 7])]).resolve(train)
+    guard = unlearner._absent_class_guard(change)
+    module = unlearner._module
+    with torch.no_grad():
+        value = float(guard(0))  # one batch of the deleted classes' records
+        p = torch.softmax(module(torch.tensor(change.before.X)), dim=1)
+        per_record = -torch.log1p(-(p[:, 1] + p[:, 7]))
+        # large: the original predicts both classes with confidence
+        assert value > 1.0
+        assert float(per_record.min()) - 1e-4 <= value <= float(per_record.max()) + 1e-4
+        # and near 0 once a model gives those classes no probability
+        head = getattr(module, module.head_name)
+        head.bias[[1, 7]] -= 1e3
+        assert 0.0 <= float(guard(1)) < 1e-6
+        head.bias[[1, 7]] += 1e3
+
+
 # -- random deletion: the 3-point rule and "never further than no update" --------------------
 @pytest.mark.parametrize("name", DELETION + ["l1-sparse", "margin-match"])
 @pytest.mark.parametrize("with_holdout", [True, False], ids=["holdout", "no-holdout"])
