@@ -6,6 +6,8 @@ The setting is the README's: scikit-learn digits with raw pixel values (0..16), 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -320,3 +322,21 @@ def test_bad_options_of_the_defaults_are_rejected(digits_raw):
     # the runner-up term is L2UL's: gradient ascent keeps its own two
     with pytest.raises(ValueError, match="forget_loss"):
         ob.unlearners.create("gradient-ascent", model, forget_loss="runner-up").attach(train)
+
+
+def test_many_records_are_warned_about_before_the_run(digits_raw):
+    """Correction of more than 64 records costs test accuracy in proportion: l2ul says so
+    (and points to the deletion methods) whatever the run then does; 64 or fewer are quiet."""
+    train, _ = digits_raw
+    model = TorchModel(MLP(64, (8,), 10), epochs=1, seed=0).fit(train)
+    quick = {"n_adv": 1, "pgd_steps": 1, "max_epochs": 1}
+    many = train.ids[:65]
+    with pytest.warns(ob.UnlearningWarning, match="each of the 65 forget records.*margin-match"):
+        L2UL(model, **quick).attach(train).forget(Remove(ids=many))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        L2UL(model, on_failure="ignore", **quick).attach(train).forget(Remove(ids=many))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        L2UL(model, **quick).attach(train).forget(Remove(ids=train.ids[:64]))
+    assert not [w for w in caught if "forget records (correction)" in str(w.message)]

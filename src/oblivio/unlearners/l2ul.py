@@ -33,12 +33,16 @@ from oblivio.unlearners._neural import (
     set_train_mode,
     targeted_l2_pgd,
 )
-from oblivio.unlearners.base import Outcome, register
+from oblivio.unlearners.base import Outcome, register, warn_missed
 
 __all__ = ["L2UL"]
 
 _L2UL_FORGET_LOSSES = ("runner-up", "complement", "neg-ce")
 _ADV_LABELS = ("soft", "target")
+#: Above this many forget records a request gets a warning before it runs: misclassifying
+#: each of them costs test accuracy in proportion to their number (8 digits: 2-11 points;
+#: 40 records of a 4,000-image CNN: 12; 400: 62; 600 of the 60,000-image CNN: 75).
+_MANY_RECORDS = 64
 
 
 class _Continuation:
@@ -174,6 +178,11 @@ class L2UL(_ForgetDriven):
     71.5 for gradient ascent: the penalty shows no effect there. Reaching the goal takes
     more steps than before (about 200 for 8 records, 1,000-1,200 for 32, each checked),
     so there it is slower than retraining the small CNN (0.3x and 0.05x its time).
+
+    A request of more than 64 records warns before it runs (``on_failure="ignore"``
+    silences it): each record is made wrong on purpose, and the test accuracy lost grows
+    with their number (600 records, a random 1 % of the 60,000-image CNN of
+    ``benchmarks/neural_deletion.py`` on an H200: 75 points on average over 3 seeds).
 
     Where the goal is not reached an :class:`~oblivio.UnlearningWarning` is raised and
     ``diagnostics["goal_reached"] = 0``. The default lr suits inputs of order 1-10 per
@@ -416,6 +425,14 @@ class L2UL(_ForgetDriven):
             self.pgd_step_ = float(self.pgd_step) if self.pgd_step is not None else self.eps_ / 4
 
     def _forget(self, change: Change) -> Outcome:
+        if len(change.before) > _MANY_RECORDS and self.on_failure != "ignore":
+            warn_missed(
+                f"l2ul makes the model misclassify each of the {len(change.before)} forget "
+                "records (correction), which costs test accuracy in proportion to their "
+                "number: 600 records of a 60,000-image Fashion-MNIST CNN cost 75 test points. "
+                "To delete records, use a deletion method ('margin-match', 'salun', "
+                "'scrub'); on_failure='ignore' silences this warning"
+            )
         module = self._module
         rng, generator = _seed_generators(self.seed, self._request_index())
         self._begin(change)
