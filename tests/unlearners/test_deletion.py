@@ -244,6 +244,8 @@ def test_bad_options_are_rejected(trained, data):
         (L1Sparse, dict(alpha=-1.0), "alpha"),
         (L1Sparse, dict(final_fraction=1.5), "final_fraction"),
         (GradientAscent, dict(budget=-1.0), "budget"),
+        (RandomLabels, dict(forget_batch_size=0), "forget_batch_size"),
+        (RandomLabels, dict(forget_batch_size=2.5), "forget_batch_size"),
         (MarginMatch, dict(weight=0.0), "weight"),
         (MarginMatch, dict(hard_share=1.5), "hard_share"),
         (MarginMatch, dict(lr=-1.0), "lr"),
