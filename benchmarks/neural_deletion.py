@@ -379,7 +379,7 @@ def merge(sources: list[Path], out: Path) -> int:
         rows += json.loads(path.read_text())
         md = source / "neural_deletion.md"
         if md.is_file():
-            headers.append(f"- `{source.name}`: {md.read_text().split(chr(10))[2]}")
+            headers.append(f"- `{source.name}`: {md.read_text().splitlines()[2]}")
     seeds = sorted({r["seed"] for r in rows})
     header = (
         f"# Neural deletion: Fashion-MNIST, SmallCNN\n\nMerged from {len(sources)} runs "

@@ -79,7 +79,13 @@ import torch
 from torch import nn
 
 from oblivio.data import Change, Dataset
-from oblivio.unlearners._neural import _seed_generators, _Stream, predict_labels, set_train_mode
+from oblivio.unlearners._neural import (
+    _seed_generators,
+    _Stream,
+    of_kept_classes,
+    predict_labels,
+    set_train_mode,
+)
 
 __all__: list[str] = []
 
@@ -136,7 +142,7 @@ class _DeletionLoop:
         holdout = getattr(self, "holdout_", None)
         if holdout is None:
             return None
-        keep = np.isin(holdout.y, np.unique(change.result.y))
+        keep = of_kept_classes(holdout.y, change)
         return holdout.take(np.flatnonzero(keep)) if keep.any() else None
 
     def _deletion_target(
@@ -145,7 +151,7 @@ class _DeletionLoop:
         """(target forget accuracy, its source, the reference set's accuracy or nan), from
         the reference records of classes still present (``X_h, y_h``; None without)."""
         forget = change.before
-        present = np.isin(forget.y, np.unique(change.result.y))
+        present = of_kept_classes(forget.y, change)
         reference = float("nan") if X_h is None else self._accuracy(X_h, y_h)
         if not present.any():
             return 0.0, "absent-class", reference
@@ -417,25 +423,22 @@ class _DeletionLoop:
         pushing the records anywhere in particular (unlike ascent or random labels).
         """
         forget = change.before
-        absent = np.setdiff1d(np.unique(forget.y), np.unique(change.result.y))
-        if absent.size == 0:
+        deleted = ~of_kept_classes(forget.y, change)
+        if not deleted.any():
             return None
-        records = forget.take(np.flatnonzero(np.isin(forget.y, absent)))
+        records = forget.take(np.flatnonzero(deleted))
         _, generator = _seed_generators(self.seed, 30_000 + self._request_index())
         stream = _Stream(self._inputs(records), self._labels(records.y), _GUARD_BATCH, generator)
+        kept = torch.ones(self.n_classes_, dtype=torch.bool, device=stream.y.device)
+        kept[stream.y] = False  # the deleted classes
         module = self._module
-        keep: torch.Tensor | None = None
 
         def loss_of_step(step: int) -> torch.Tensor:
-            nonlocal keep
             X, _, _ = stream.next()
             set_train_mode(module, self.bn_mode, X.shape[0])
             logits = module(X)
-            if keep is None:
-                keep = torch.ones(logits.shape[1], dtype=torch.bool, device=logits.device)
-                keep[torch.as_tensor(absent, device=logits.device)] = False
             everything = torch.logsumexp(logits, dim=1)
-            return (everything - torch.logsumexp(logits[:, keep], dim=1)).mean()
+            return (everything - torch.logsumexp(logits[:, kept], dim=1)).mean()
 
         return loss_of_step
 

@@ -20,6 +20,8 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
+from oblivio.data import Change
+
 __all__ = [
     "as_inputs",
     "complement_loss",
@@ -133,6 +135,12 @@ def predict_labels(
             outputs.append(logits.argmax(dim=1))
     labels = torch.cat(outputs) if outputs else torch.zeros(0, dtype=torch.long, device=X.device)
     return (labels, bool(finite)) if with_finite else labels
+
+
+def of_kept_classes(y: np.ndarray, change: Change) -> np.ndarray:
+    """Mask of the labels ``y`` whose class keeps training records after ``change``; a class
+    with none left is deleted (retraining never predicts it)."""
+    return np.isin(y, np.unique(change.result.y))
 
 
 def draw_targets(

@@ -40,6 +40,7 @@ from oblivio.unlearners._neural import (
     check_budget,
     complement_loss,
     evaluating,
+    of_kept_classes,
     random_other_labels,
     set_train_mode,
 )
@@ -90,7 +91,7 @@ class _TwoGoals(_ForgetDriven):
             generator,
         )
         loss_of_step, per_step = self._deletion_step(change, forget, generator)
-        whole_class = not np.isin(change.before.y, np.unique(change.result.y)).any()
+        whole_class = not of_kept_classes(change.before.y, change).any()
         lr = self._DEFAULT_LR["correction"] if self.lr is None and whole_class else None
         diagnostics = self._run_deletion(
             change, loss_of_step, budget=self.budget, records_per_step=per_step, lr=lr
@@ -203,7 +204,7 @@ class GradientAscent(_TwoGoals):
                 return -nn.functional.cross_entropy(logits, y)
             return complement_loss(logits, y).mean()
 
-        return loss_of_step, self.batch_size
+        return loss_of_step, self._forget_batch_size()
 
     def _correct(self, change: Change) -> Outcome:
         module = self._module

@@ -66,13 +66,12 @@ work, ``benchmarks/neural_deletion.py``), avg gap to retraining in points:
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from oblivio.data import Change
 from oblivio.models.base import Model
-from oblivio.unlearners._neural import _Stream, eval_batch, evaluating
+from oblivio.unlearners._neural import _Stream, eval_batch, evaluating, of_kept_classes
 from oblivio.unlearners.base import Outcome, register
 from oblivio.unlearners.deletion import _check_fraction, _Deletion
 
@@ -204,7 +203,7 @@ class MarginMatch(_Deletion):
         return torch.optim.Adam(params, lr=self._lr(), weight_decay=self.weight_decay)
 
     def _forget(self, change: Change) -> Outcome:
-        present = np.isin(change.before.y, np.unique(change.result.y))
+        present = of_kept_classes(change.before.y, change)
         if present.any() and self._present_holdout(change) is None:
             diagnostics = {"target_known": 0.0, "steps": 0.0, "repair_steps": 0.0}
             self._judge(
@@ -219,8 +218,7 @@ class MarginMatch(_Deletion):
 
     def _losses(self, change, forget, retain, generator, diagnostics):
         module = self._module
-        y_kept = torch.as_tensor(np.unique(change.result.y), device=forget.y.device)
-        absent = ~torch.isin(forget.y, y_kept)
+        absent = torch.as_tensor(~of_kept_classes(change.before.y, change), device=forget.y.device)
         margins = logit_margins(module, forget.X, forget.y)
         holdout = self._present_holdout(change)
         reference = torch.zeros(0)
