@@ -184,6 +184,34 @@ def test_a_reference_set_moves_the_model_toward_retraining(data, trained):
     assert d["forget_accuracy"] < d["forget_accuracy_before"] == 1.0
 
 
+def test_a_checkpoint_must_beat_the_start_by_more_than_the_proxy_resolves(
+    data, trained, monkeypatch
+):
+    """The start stays unless a checkpoint beats its landing score by ``_LEAVE_START``: a
+    run whose best checkpoint improves the proxy by less leaves the model exactly as it was
+    (and says so), while the same run with a zero margin moves it."""
+    from oblivio.unlearners import _landing
+
+    train, holdout, _ = data
+    ids = _random_ids(train, seed=0)
+
+    def run(margin: float):
+        monkeypatch.setattr(_landing, "_LEAVE_START", margin)
+        unlearner = SalUn(trained, sparsity=0.2, budget=0.1, on_failure="ignore")
+        return unlearner.attach(train, holdout=holdout), unlearner.forget(Remove(ids=ids))
+
+    moved, result = run(0.0)
+    d = result.diagnostics
+    assert d["landed_at_step"] > 0 and not torch.equal(moved.model_.theta, trained.theta)
+    assert d["lr_halvings"] == 0.0  # so both runs take the same steps
+    # the score it beat the start by, as forget accuracy toward its target (x 2)
+    gain = 2 * (d["forget_accuracy_before"] - d["forget_accuracy"])
+    kept, result = run(gain + 0.01)
+    assert result.diagnostics["landed_at_step"] == 0.0
+    assert result.diagnostics["landed"] == 0.0
+    assert torch.equal(kept.model_.theta, trained.theta)
+
+
 @pytest.mark.parametrize("name", ["salun", "gradient-ascent", "finetune"])
 def test_few_records_without_a_reference_set_leave_the_model(name, data, trained):
     """Without a reference set, 10 random records (one record = 10 points, over the
@@ -248,6 +276,8 @@ def test_bad_options_are_rejected(trained, data):
         (RandomLabels, dict(forget_batch_size=2.5), "forget_batch_size"),
         (MarginMatch, dict(weight=0.0), "weight"),
         (MarginMatch, dict(hard_share=1.5), "hard_share"),
+        (MarginMatch, dict(draws_per_record=0.5), "draws_per_record"),
+        (MarginMatch, dict(draws_per_record=float("inf")), "draws_per_record"),
         (MarginMatch, dict(lr=-1.0), "lr"),
     ]:
         with pytest.raises(ValueError, match=word):
@@ -413,6 +443,38 @@ def test_margin_match_moves_random_deletion_toward_retraining(data, trained):
     # self-balancing: one phase over the whole budget, not stopped at the target
     assert d["steps"] == d["budget_steps"] and d["repair_steps"] == 0.0
     assert d["forget_accuracy"] < d["forget_accuracy_before"] == 1.0
+
+
+def test_margin_match_pushes_the_lowest_targets_the_budget_can_draw_often(
+    data, trained, monkeypatch
+):
+    """With too small a budget to draw every forget record ``draws_per_record`` times, the
+    forget term pushes only the records with the lowest targets (those a retrained model
+    gets wrong or unsure: what forget accuracy and MIA-efficacy read), and still lands
+    closer to retraining than no update; ``draws_per_record=1`` pushes every record that
+    starts above its target. (Below ``_MIN_PUSHED`` records every one is pushed; the
+    floor is lowered here to see the rule on 60 records.)"""
+    from oblivio.unlearners import margin_match
+
+    monkeypatch.setattr(margin_match, "_MIN_PUSHED", 1)
+    train, holdout, evaluation = data
+    ids = _random_ids(train, seed=0)
+    retrained = _retrained(trained, train, ids)
+    none_gap, _ = _avg_gap(trained, train, ids, evaluation, retrained)
+    focused = MarginMatch(trained, budget=0.1, draws_per_record=40).attach(train, holdout=holdout)
+    d = focused.forget(Remove(ids=ids)).diagnostics
+    draws = d["budget_steps"] * focused.forget_batch_size
+    assert d["pushed_forget_records"] == draws // 40 < len(ids)
+    gap, _ = _avg_gap(focused, train, ids, evaluation, retrained)
+    assert gap < none_gap - 0.5, (gap, none_gap)
+    every = MarginMatch(trained, budget=0.1, draws_per_record=1).attach(train, holdout=holdout)
+    d_every = every.forget(Remove(ids=ids)).diagnostics
+    # every record that starts above its target
+    assert d["pushed_forget_records"] < d_every["pushed_forget_records"] <= len(ids)
+    monkeypatch.undo()  # the floor: 60 records are fewer than it, so all are pushed
+    floored = MarginMatch(trained, budget=0.1, draws_per_record=40).attach(train, holdout=holdout)
+    d_floored = floored.forget(Remove(ids=ids)).diagnostics
+    assert d_floored["pushed_forget_records"] == d_every["pushed_forget_records"]
 
 
 def test_margin_match_deletes_a_class_without_a_reference_set(data, trained):
