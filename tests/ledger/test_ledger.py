@@ -2,7 +2,6 @@
 
 import json
 import sqlite3
-import threading
 
 import numpy as np
 import pytest
@@ -214,28 +213,15 @@ def test_auto_prune_after_every_request(tmp_path, retrain_unlearner, binary_data
     assert ob.Ledger.open(path).version == 3
 
 
-def test_concurrent_submits_apply_each_once_in_one_order(tmp_path, retrain_unlearner, binary_data):
+def test_concurrent_submits_apply_each_once_in_one_order(
+    tmp_path, retrain_unlearner, binary_data, submit_concurrently
+):
     path = tmp_path / "l.db"
     ob.Ledger.create(path, retrain_unlearner)
     # two handles on one file behave like two processes sharing it
     handles = [ob.Ledger.open(path), ob.Ledger.open(path)]
     ids = binary_data.ids[:12]
-    errors = []
-
-    def client(k):
-        try:
-            for i in range(k, len(ids), 4):
-                handles[k % 2].submit(ob.Remove(ids=ids[i : i + 1]), request_id=f"q{i}")
-                handles[k % 2].submit(ob.Remove(ids=ids[i : i + 1]), request_id=f"q{i}")
-        except Exception as error:  # pragma: no cover - reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors and not any(t.is_alive() for t in threads)
+    submit_concurrently(handles, ids, repeats=2)  # each request twice: applied once
     history = handles[0].history()
     assert len(history) == 12 and sorted(e.version for e in history) == list(range(1, 13))
     assert [e.version for e in history] == sorted(e.version for e in history)  # arrival order

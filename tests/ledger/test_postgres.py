@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +130,9 @@ def test_postgres_ledger_end_to_end(url, tmp_path, retrain_unlearner, binary_dat
     assert len(list(store.iterdir())) == 1
 
 
-def test_postgres_recovery_and_concurrent_writers(url, tmp_path, retrain_unlearner, binary_data):
+def test_postgres_recovery_and_concurrent_writers(
+    url, tmp_path, retrain_unlearner, binary_data, submit_concurrently
+):
     store = tmp_path / "models"
     ob.Ledger.create(url, retrain_unlearner, store=store).close()
     # a writer that died after writing its pending row
@@ -150,21 +151,7 @@ def test_postgres_recovery_and_concurrent_writers(url, tmp_path, retrain_unlearn
     handles = [ob.Ledger.open(url, store=store) for _ in range(2)]
     assert handles[0].entry("lost").status == "interrupted"
     ids = binary_data.ids[:8]
-    errors = []
-
-    def client(k):
-        try:
-            for i in range(k, len(ids), 4):
-                handles[k % 2].submit(ob.Remove(ids=ids[i : i + 1]), request_id=f"q{i}")
-        except Exception as error:  # pragma: no cover - reported below
-            errors.append(error)
-
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    assert not errors and not any(t.is_alive() for t in threads)
+    submit_concurrently(handles, ids)
     final = ob.Ledger.open(url, store=store)
     applied = [e for e in final.history() if e.status == "applied"]
     assert [e.version for e in applied] == list(range(1, 9))
