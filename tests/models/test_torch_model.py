@@ -84,6 +84,48 @@ def test_hvp_equals_dense_hessian_and_hessian_is_symmetric(small):
     assert torch.linalg.matrix_norm(H - model.l2 * len(data) * torch.eye(len(H))) > 1e-2
 
 
+def _hessian_from_hvps(model: TorchModel, data: Dataset, theta: torch.Tensor) -> torch.Tensor:
+    eye = torch.eye(model.n_params, dtype=model.dtype)
+    return torch.stack([model.hvp(data, e, theta) for e in eye])
+
+
+class _Doubled(nn.Module):
+    """An MLP whose logits are scaled after its last layer."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2.0 * self.inner(x)
+
+
+def test_last_layer_hessian_in_closed_form_matches_the_hvps(small):
+    """theta = the last layer's weight and bias: the closed form (one forward pass) equals
+    the Hessian from Hessian-vector products, at a theta other than the fitted one; a layer
+    whose output is transformed afterwards, or a theta beyond the last layer, takes the
+    general path (and is right too)."""
+    data = small.take(np.arange(80))
+    head = MLP(data.n_features, (6,), data.n_classes).head_name
+    model = _tiny_double(data, hidden=(6,), params=[head], l2=0.05)
+    theta = model.theta + 0.3 * _random_direction(model, 1)
+    assert model._linear_head_hessian(data, theta) is not None  # the closed form runs
+    H = model.hessian(data, theta)
+    torch.testing.assert_close(H, _hessian_from_hvps(model, data, theta), atol=1e-9, rtol=1e-9)
+    assert torch.linalg.matrix_norm(H - 0.05 * len(data) * torch.eye(len(H))) > 1e-1
+
+    inner = MLP(data.n_features, (6,), data.n_classes).double()
+    doubled = TorchModel(_Doubled(inner), l2=0.05, epochs=2, lr=1e-2, params=[f"inner.{head}"])
+    doubled.fit(data)
+    assert doubled._linear_head() is not None
+    assert doubled._linear_head_hessian(data, doubled.theta) is None  # 2 x logits: not linear
+    torch.testing.assert_close(
+        doubled.hessian(data), _hessian_from_hvps(doubled, data, doubled.theta), atol=1e-9, rtol=0
+    )
+    whole = _tiny_double(data, hidden=(6,))
+    assert whole._linear_head() is None
+
+
 def test_derivatives_are_independent_of_the_evaluation_batch_size(small):
     data = small.take(np.arange(50))
     model = _tiny_double(data)

@@ -588,7 +588,9 @@ class TorchModel(BaseModel):
         """Dense Hessian of the objective (``p x p``; refuses more than 5000 parameters).
 
         Built from Hessian-vector products of ``chunk`` basis vectors at a time, then
-        symmetrised.
+        symmetrised; when ``theta`` is the weight and bias of the layer that outputs the
+        logits (``params=[net.head_name]``), in closed form from one forward pass instead
+        (``_linear_head_hessian``; the same matrix, to rounding).
         """
         flat = self._as_theta(theta).detach()
         p = flat.numel()
@@ -598,6 +600,10 @@ class TorchModel(BaseModel):
                 f"{DENSE_HESSIAN_LIMIT}); use hvp() with an iterative solver, or restrict "
                 "theta with params=[...]"
             )
+        head_hessian = self._linear_head_hessian(data, flat)
+        if head_hessian is not None:
+            eye = torch.eye(p, dtype=flat.dtype, device=flat.device)
+            return head_hessian + self.l2 * len(data) * eye
         eye = torch.eye(p, dtype=flat.dtype, device=flat.device)
         H = self.l2 * len(data) * eye
         with self._eval():
@@ -605,6 +611,72 @@ class TorchModel(BaseModel):
                 for start in range(0, p, chunk):
                     block = eye[start : start + chunk]
                     H[start : start + chunk] += self._batch_hvps(flat, block, xb, yb)
+        return 0.5 * (H + H.T)
+
+    def _linear_head(self) -> nn.Linear | None:
+        """The ``nn.Linear`` whose weight (and bias) are all of ``theta``, or None."""
+        if callable(self.loss_fn):
+            return None
+        module = self._check_fitted()
+        for name, sub in module.named_modules():
+            if not isinstance(sub, nn.Linear):
+                continue
+            own = [f"{name}.{n}" if name else n for n, _ in sub.named_parameters()]
+            if own == list(self._names_):
+                return sub
+        return None
+
+    def _linear_head_hessian(self, data: Dataset, flat: torch.Tensor) -> torch.Tensor | None:
+        """The data term of :meth:`hessian` in closed form when ``theta`` is the weight and
+        bias of the layer whose output is the module's (the last-layer setting of the
+        influence methods), else None.
+
+        The logits ``z = W phi + b`` are then linear in ``theta`` and the features ``phi``
+        do not depend on it, so the Hessian of the summed cross-entropy is exactly
+        ``sum_i (diag(p_i) - p_i p_i^T) (x) [phi_i; 1][phi_i; 1]^T``: one forward pass over
+        the data and a matrix product per batch, where Hessian-vector products re-run the
+        whole network for every block of ``chunk`` basis vectors (a 60,000-image CNN's head,
+        1,290 parameters: minutes on a CPU).
+        """
+        head = self._linear_head()
+        if head is None:
+            return None
+        weight = self._unflatten(flat)[self._names_[0]]
+        n_out, n_in = weight.shape
+        bias = self._unflatten(flat)[self._names_[1]] if head.bias is not None else None
+        width = n_in + (bias is not None)
+        H = torch.zeros(n_out * width, n_out * width, dtype=flat.dtype, device=flat.device)
+        captured: dict[str, torch.Tensor] = {}
+
+        def keep(_module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            captured["phi"], captured["z"] = inputs[0], output
+
+        with self._eval() as module, torch.no_grad():
+            handle = head.register_forward_hook(keep)
+            try:
+                for xb, _ in self._batches(data, self.eval_batch_size):
+                    out = module(xb)
+                    if out is not captured.get("z"):  # something acts after the layer
+                        return None
+                    phi = captured["phi"].reshape(out.shape[0], -1).to(flat.dtype)
+                    z = phi @ weight.T + (0 if bias is None else bias)
+                    prob = torch.softmax(z, dim=1)
+                    curvature = torch.diag_embed(prob) - prob[:, :, None] * prob[:, None, :]
+                    if bias is not None:
+                        phi = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
+                    # H[(c, j), (e, k)] += sum_b A_b[c, e] phi_b[j] phi_b[k]
+                    left = curvature[:, :, :, None] * phi[:, None, None, :]  # b, c, e, k
+                    block = phi.T @ left.reshape(phi.shape[0], -1)  # j, (c, e, k)
+                    block = block.reshape(width, n_out, n_out, width).permute(1, 0, 2, 3)
+                    H += block.reshape(n_out * width, n_out * width)
+            finally:
+                handle.remove()
+        # augmented order (class, feature-or-1) -> theta's order (weight row-major, bias)
+        rows = torch.arange(n_out * width, device=flat.device).view(n_out, width)
+        order = rows[:, :n_in].reshape(-1)
+        if bias is not None:
+            order = torch.cat([order, rows[:, n_in]])
+        H = H[order][:, order]
         return 0.5 * (H + H.T)
 
     def _batch_hvps(self, flat, block, x, y) -> torch.Tensor:
