@@ -100,7 +100,7 @@ class _Doubled(nn.Module):
         return 2.0 * self.inner(x)
 
 
-def test_last_layer_hessian_in_closed_form_matches_the_hvps(small):
+def test_last_layer_hessian_in_closed_form_matches_the_hvps(small, monkeypatch):
     """theta = the last layer's weight and bias: the closed form (one forward pass) equals
     the Hessian from Hessian-vector products, at a theta other than the fitted one; a layer
     whose output is transformed afterwards, or a theta beyond the last layer, takes the
@@ -113,6 +113,11 @@ def test_last_layer_hessian_in_closed_form_matches_the_hvps(small):
     H = model.hessian(data, theta)
     torch.testing.assert_close(H, _hessian_from_hvps(model, data, theta), atol=1e-9, rtol=1e-9)
     assert torch.linalg.matrix_norm(H - 0.05 * len(data) * torch.eye(len(H))) > 1e-1
+    # built over pieces of a batch (a small memory bound): the same matrix
+    from oblivio.models import torch_model
+
+    monkeypatch.setattr(torch_model, "_HEAD_PIECE", 3 * 10 * 10 * 7)
+    torch.testing.assert_close(model.hessian(data, theta), H, atol=1e-10, rtol=0)
 
     inner = MLP(data.n_features, (6,), data.n_classes).double()
     doubled = TorchModel(_Doubled(inner), l2=0.05, epochs=2, lr=1e-2, params=[f"inner.{head}"])

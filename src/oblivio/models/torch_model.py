@@ -23,6 +23,9 @@ __all__ = ["TorchModel"]
 
 #: Largest number of parameters ``hessian`` agrees to materialise densely.
 DENSE_HESSIAN_LIMIT = 5000
+#: Entries of the per-record curvature-times-features tensor that the last-layer Hessian
+#: forms at once (``_linear_head_hessian``): about 64 MiB in float32.
+_HEAD_PIECE = 2**24
 
 _LOSSES = ("cross_entropy",)
 _OPTIMIZERS = ("adam", "sgd")
@@ -664,11 +667,15 @@ class TorchModel(BaseModel):
                     curvature = torch.diag_embed(prob) - prob[:, :, None] * prob[:, None, :]
                     if bias is not None:
                         phi = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
-                    # H[(c, j), (e, k)] += sum_b A_b[c, e] phi_b[j] phi_b[k]
-                    left = curvature[:, :, :, None] * phi[:, None, None, :]  # b, c, e, k
-                    block = phi.T @ left.reshape(phi.shape[0], -1)  # j, (c, e, k)
-                    block = block.reshape(width, n_out, n_out, width).permute(1, 0, 2, 3)
-                    H += block.reshape(n_out * width, n_out * width)
+                    # H[(c, j), (e, k)] += sum_b A_b[c, e] phi_b[j] phi_b[k], over pieces of
+                    # the batch whose (b, c, e, k) product stays near _HEAD_PIECE entries
+                    rows = max(1, _HEAD_PIECE // (n_out * n_out * width))
+                    for start in range(0, phi.shape[0], rows):
+                        part, bend = phi[start : start + rows], curvature[start : start + rows]
+                        left = bend[:, :, :, None] * part[:, None, None, :]  # b, c, e, k
+                        block = part.T @ left.reshape(part.shape[0], -1)  # j, (c, e, k)
+                        block = block.reshape(width, n_out, n_out, width).permute(1, 0, 2, 3)
+                        H += block.reshape(n_out * width, n_out * width)
             finally:
                 handle.remove()
         # augmented order (class, feature-or-1) -> theta's order (weight row-major, bias)
