@@ -603,11 +603,10 @@ class TorchModel(BaseModel):
                 f"{DENSE_HESSIAN_LIMIT}); use hvp() with an iterative solver, or restrict "
                 "theta with params=[...]"
             )
+        eye = torch.eye(p, dtype=flat.dtype, device=flat.device)
         head_hessian = self._linear_head_hessian(data, flat)
         if head_hessian is not None:
-            eye = torch.eye(p, dtype=flat.dtype, device=flat.device)
             return head_hessian + self.l2 * len(data) * eye
-        eye = torch.eye(p, dtype=flat.dtype, device=flat.device)
         H = self.l2 * len(data) * eye
         with self._eval():
             for xb, yb in self._batches(data, self.eval_batch_size):
@@ -644,9 +643,10 @@ class TorchModel(BaseModel):
         head = self._linear_head()
         if head is None:
             return None
-        weight = self._unflatten(flat)[self._names_[0]]
+        parts = self._unflatten(flat)
+        weight = parts[self._names_[0]]
         n_out, n_in = weight.shape
-        bias = self._unflatten(flat)[self._names_[1]] if head.bias is not None else None
+        bias = parts[self._names_[1]] if head.bias is not None else None
         width = n_in + (bias is not None)
         H = torch.zeros(n_out * width, n_out * width, dtype=flat.dtype, device=flat.device)
         captured: dict[str, torch.Tensor] = {}

@@ -274,8 +274,8 @@ class MarginMatch(_Deletion):
             # the budget's forget draws go to the records with the lowest targets, each
             # drawn about draws_per_record times (module docstring, step 2); a deleted
             # class is pushed whole
-            draws = self._budget_steps(self.budget, self.batch_size + self.forget_batch_size)
-            draws *= self.forget_batch_size
+            per_step = self._records_per_step(len(forget), len(retain))
+            draws = self._budget_steps(self.budget, per_step) * self.forget_batch_size
             n_pushed = max(_MIN_PUSHED, int(draws // self.draws_per_record))
             if n_pushed < active.numel():
                 active = active[targets[active].argsort()[:n_pushed]].sort().values
