@@ -20,7 +20,7 @@ from oblivio.models import MLP, TorchModel
 from oblivio.unlearners import L2UL
 from oblivio.unlearners._correction import _forget_term, _Goals
 from oblivio.unlearners._neural import invert_importance, mas_importance, runner_up_loss
-from oblivio.unlearners.l2ul import _Continuation
+from oblivio.unlearners.l2ul import _Continuation, _shortfall
 
 SEEDS = (0, 1, 2)
 
@@ -95,8 +95,8 @@ def test_goal_reached_on_every_seed(runs):
 def test_ten_point_rule(runs):
     """Issue 13: every record misclassified at a cost of at most 10 test points.
 
-    Measured (seeds 0, 1, 2): 2.0, 4.7, 8.7 points (8 seeds: mean 5.8, max 10.7); the
-    previous defaults lost 13.8, 14.0, 14.4 and gradient ascent 40-64.
+    Measured (seeds 0, 1, 2): 2.2, 5.3, 7.3 points (8 seeds: mean 5.5, max 10.0); the
+    previous defaults lost 13.8, 12.7, 12.7 and gradient ascent 40-64.
     """
     for seed, cell in runs.items():
         assert cell["full"][0] <= 10.0, (seed, cell["full"][0])
@@ -115,8 +115,8 @@ def test_importance_term_helps_where_the_update_does_damage(runs):
     """The paper's claim (+adv+imp keeps more than +adv), in the recipe of the old defaults.
 
     Same seed, same adversarial set: the penalty alone lowers the test-accuracy drop on
-    every seed. Measured: 13.8 vs 16.9, 14.0 vs 18.7, 14.4 vs 14.7 points (retained records:
-    13.4 vs 16.9, 12.7 vs 17.3, 12.1 vs 12.3).
+    every seed. Measured: 13.8 vs 16.9, 12.7 vs 18.7, 12.7 vs 14.7 points (retained records:
+    13.4 vs 16.9, 12.0 vs 17.3, 9.9 vs 12.3).
     """
     gains = np.array([c["before-adv"][0] - c["before-full"][0] for c in runs.values()])
     retain_gains = np.array([c["before-adv"][3] - c["before-full"][3] for c in runs.values()])
@@ -126,7 +126,7 @@ def test_importance_term_helps_where_the_update_does_damage(runs):
 
 def test_importance_term_localises_the_change_under_the_defaults(runs):
     """With the defaults the damage is small and so is the penalty's gain (8 seeds: test drop
-    5.8 vs 6.3 points, retained 5.0 vs 5.2; seeds 0-2: 2.0/4.7/8.7 vs 2.7/6.0/8.7), but it
+    5.5 vs 6.1 points, retained 4.7 vs 5.3; seeds 0-2: 2.2/5.3/7.3 vs 2.7/5.6/7.8), but it
     still does what it is for: less of the update falls on weights unimportant for the
     forget records (anchored, Omega~ near 1) than without it, on every seed.
     """
@@ -153,18 +153,47 @@ def test_automatic_eps_scales_with_the_inputs(digits_raw):
     assert L2UL(model, eps=3.0).attach(scaled).eps_ == 3.0
 
 
-def test_continuation_halves_lambda_only_when_progress_stalls():
-    schedule = _Continuation(1.0, patience=3)
-    for off in (5, 4, 3, 2, 1):  # progress every step: no halving
-        schedule.update(0, off)
-    assert schedule.lam == 1.0 and schedule.halvings == 0
-    for _ in range(3):  # stalled for `patience` steps
-        schedule.update(0, 1)
+def test_continuation_weakens_only_the_anchors_of_a_stalled_record():
+    schedule = _Continuation(1.0, 3, patience=3)
+    # record 0 progresses (each shortfall >= 10 % below its best), record 1 is at its goal
+    for value in (2.0, 1.7, 1.5, 1.3, 1.1):
+        schedule.update(0, torch.tensor([value, 0.0, 0.5]))
+    # record 2 has stalled: after `patience` steps without progress only its anchors halve,
+    # and lam with them
+    assert schedule.weights.tolist() == [1.0, 1.0, 0.5] and schedule.anchor_halvings == 1
     assert schedule.lam == 0.5 and schedule.halvings == 1
-    fixed = _Continuation(1.0, patience=None)
+    # records 1 and 2 in a batch starting at record 1; a 5 % decrease is not progress
+    for _ in range(3):
+        schedule.update(1, torch.tensor([0.0, 0.475]))
+    assert schedule.weights.tolist() == [1.0, 1.0, 0.25]
+    assert schedule.lam == 0.25 and schedule.halvings == 2
+    fixed = _Continuation(1.0, 2, patience=None)
     for _ in range(10):
-        fixed.update(0, 1)
-    assert fixed.lam == 1.0
+        fixed.update(0, torch.tensor([1.0, 1.0]))
+    assert fixed.lam == 1.0 and fixed.weights.tolist() == [1.0, 1.0]
+
+
+def test_continuation_counts_a_record_flipping_back_and_forth_as_stalled():
+    """Steps at the goal neither run nor restart a record's clock: a record that crosses its
+    boundary and falls back, again and again, stalls (the run stops only when every record
+    is past its goal at once); one that stays at its goal never does."""
+    schedule = _Continuation(1.0, 2, patience=3)
+    schedule.update(0, torch.tensor([0.2, 0.0]))
+    for _ in range(3):
+        schedule.update(0, torch.tensor([0.0, 0.0]))
+        schedule.update(0, torch.tensor([0.2, 0.0]))
+    assert schedule.weights.tolist() == [0.5, 1.0] and schedule.lam == 0.5
+
+
+def test_shortfall_is_the_logit_distance_from_the_goal():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [1.0, 2.5, 0.0], [0.0, 1.0, 4.0]])
+    goals = _Goals(
+        X=torch.zeros(3, 1),
+        label=torch.tensor([0, 0, 0]),
+        sign=torch.tensor([-1, -1, 1]),  # misclassify, misclassify, relabel to class 0
+        ids=np.arange(3),
+    )
+    assert _shortfall(logits, goals).tolist() == [2.0, 0.0, 4.0]
 
 
 def test_unreached_goal_warns_and_says_so(digits_raw):
@@ -192,42 +221,47 @@ def test_bad_new_options_are_rejected(digits_raw):
             L2UL(model, **options).attach(train)
 
 
-def test_demo_options_scale_the_penalty_with_the_learning_rate():
-    """The demo's l2ul row (unit-norm digits, its MLP(32), 10 records) runs lr 0.1 with
-    ``lam`` 0.01, the paper's product lr * lam = 1e-3: with ``lam`` 1 the penalty pins the
-    weights the records do not use and the update loses far more. Measured on these two
-    sets: 7.6 vs 24.4 and 9.8 vs 17.8 points (issue 13 asks at most 10 in the demo; its two
-    seeds give about 11 on average there, see ``configs/quick.toml``).
+def test_demo_row_reaches_the_goal_within_ten_points():
+    """The demo's l2ul row (unit-norm digits, its MLP(32), 10 random records, seeds 0 and 1,
+    built as ``oblivio demo`` builds them, on one thread as it runs): every record
+    misclassified at a mean cost of at most 10 test points (issue 13). Measured: 5.6 and
+    12.0 points (mean 8.8); with the previous continuation, which halved every record's
+    anchors at once, 7.6 and 15.3 (mean 11.4). The paper's ``lam = 1`` no longer needs to
+    be avoided: 5.3 and 13.6 points, against 24.4 and 30.9 with the previous continuation.
     """
     from importlib import resources
 
     from oblivio.bench.config import load_config
+    from oblivio.bench.runner import build_model, load_dataset, make_scenario
 
     path = resources.files("oblivio.bench") / "configs" / "quick.toml"
     with resources.as_file(path) as file:
         config = load_config(file)
     (spec,) = [u for u in config.unlearners if u.name == "l2ul"]
     (mlp,) = [m for m in config.models if m.name in spec.models]
-    assert spec.options["lr"] * spec.options["lam"] == pytest.approx(1e-3)
-    split = ob.datasets.load("digits", normalize="l2")
-    train, test = split.train, split.test
-    for seed in (0, 2):
-        hidden = tuple(mlp.options["hidden"])
-        model = TorchModel(
-            MLP(64, hidden, 10),
-            epochs=mlp.options["epochs"],
-            lr=mlp.options["lr"],
-            batch_size=mlp.options["batch_size"],
-            seed=seed,
-        ).fit(train)
-        before = accuracy(model, test)
-        ids = np.random.default_rng(seed).choice(train.ids, 10, replace=False)
-        drops = {}
-        for label, options in (("demo", spec.options), ("lam1", {**spec.options, "lam": 1.0})):
-            u = L2UL(model, seed=seed, **options).attach(train)
-            assert u.forget(Remove(ids=ids)).diagnostics["goal_reached"] == 1.0
-            drops[label] = 100 * (before - accuracy(u, test))
-        assert drops["demo"] <= 10.0 and drops["demo"] <= drops["lam1"] - 5.0, (seed, drops)
+    (data,) = config.datasets
+    (request,) = config.requests
+    assert spec.options == {"lr": 0.1, "lam": 0.01}
+    assert list(config.seeds) == [0, 1]
+    split = load_dataset(data)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        drops = {"demo": [], "lam1": []}
+        for seed in config.seeds:
+            scenario = make_scenario(request, split.train, seed)
+            model = build_model(mlp, scenario.train, seed).fit(scenario.train)
+            before = accuracy(model, split.test)
+            (remove,) = scenario.requests
+            for label, options in (("demo", spec.options), ("lam1", {**spec.options, "lam": 1})):
+                u = L2UL(model, **options).attach(scenario.train)
+                assert u.forget(remove).diagnostics["goal_reached"] == 1.0, (seed, label)
+                drops[label].append(100 * (before - accuracy(u, split.test)))
+    finally:
+        torch.set_num_threads(threads)
+    assert np.mean(drops["demo"]) <= 10.0, drops
+    # the penalty at the paper's weight no longer wipes out the adversarial anchors
+    assert np.mean(drops["lam1"]) <= np.mean(drops["demo"]) + 3.0, drops
 
 
 # -- the building blocks of the defaults -------------------------------------------------------
