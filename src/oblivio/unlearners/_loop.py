@@ -31,6 +31,12 @@ __all__: list[str] = []
 _BN_MODES = ("train", "eval")
 
 
+def _check_count(name: str, value: object) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= 1."""
+    if isinstance(value, bool) or not (isinstance(value, (int, np.integer)) and value >= 1):
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 class _NeuralUnlearner(_DeletionLoop, Unlearner):
     """Shared machinery: module access, SGD with roll-back, seeded randomness, goals, the
     deletion loop, an optional held-out reference set, state.
@@ -84,11 +90,9 @@ class _NeuralUnlearner(_DeletionLoop, Unlearner):
     def _check_params(self) -> None:
         if not (isinstance(self._lr(), (int, float)) and self._lr() > 0):
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
-        epochs = self.max_epochs
-        if epochs is not None and not (isinstance(epochs, (int, np.integer)) and epochs >= 1):
-            raise ValueError(f"max_epochs must be an integer >= 1, got {self.max_epochs!r}")
-        if not (isinstance(self.batch_size, (int, np.integer)) and self.batch_size >= 1):
-            raise ValueError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if self.max_epochs is not None:
+            _check_count("max_epochs", self.max_epochs)
+        _check_count("batch_size", self.batch_size)
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must lie in [0, 1), got {self.momentum!r}")
         if self.weight_decay < 0:

@@ -32,13 +32,12 @@ import copy
 import time
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
 from oblivio.data import Change, RequestError
 from oblivio.models.base import Model
-from oblivio.unlearners._loop import _NeuralUnlearner
+from oblivio.unlearners._loop import _check_count, _NeuralUnlearner
 from oblivio.unlearners._neural import (
     _seed_generators,
     _Stream,
@@ -97,9 +96,8 @@ class _Deletion(_NeuralUnlearner):
     def _check_params(self) -> None:
         super()._check_params()
         check_budget(self.budget)
-        size = self.forget_batch_size
-        if "forget" in self._reads and not (isinstance(size, (int, np.integer)) and size >= 1):
-            raise ValueError(f"forget_batch_size must be an integer >= 1, got {size!r}")
+        if "forget" in self._reads:
+            _check_count("forget_batch_size", self.forget_batch_size)
 
     def _validate_change(self, change: Change) -> None:
         if not (change.is_removal or change.is_empty):

@@ -26,14 +26,13 @@ import math
 from types import MappingProxyType
 from typing import ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
 from oblivio.data import Change, RequestError
 from oblivio.models.base import Model
 from oblivio.unlearners._correction import _check_forget_loss, _forget_term, _ForgetDriven, _Goals
-from oblivio.unlearners._loop import _NeuralUnlearner
+from oblivio.unlearners._loop import _check_count, _NeuralUnlearner
 from oblivio.unlearners._neural import (
     _seed_generators,
     _Stream,
@@ -319,12 +318,8 @@ class RandomLabels(_TwoGoals):
 
     def _check_params(self) -> None:
         super()._check_params()
-        size = self._retain_batch()
-        if not (isinstance(size, (int, np.integer)) and size >= 1):
-            raise ValueError(f"retain_batch_size must be >= 1, got {self.retain_batch_size!r}")
-        size = self._forget_batch_size()
-        if not (isinstance(size, (int, np.integer)) and size >= 1):
-            raise ValueError(f"forget_batch_size must be >= 1, got {self.forget_batch_size!r}")
+        _check_count("retain_batch_size", self._retain_batch())
+        _check_count("forget_batch_size", self._forget_batch_size())
 
     def _deletion_step(self, change: Change, forget: _Stream, generator: torch.Generator):
         module = self._module

@@ -23,6 +23,7 @@ from torch import nn
 from oblivio.data import Change
 from oblivio.models.base import Model
 from oblivio.unlearners._correction import _check_forget_loss, _forget_term, _ForgetDriven, _Goals
+from oblivio.unlearners._loop import _check_count
 from oblivio.unlearners._neural import (
     _seed_generators,
     draw_targets,
@@ -424,12 +425,8 @@ class L2UL(_ForgetDriven):
                     raise ValueError(f"{key} must be None (automatic) or > 0, got {value!r}")
             if not (isinstance(self.pgd_steps, (int, np.integer)) and self.pgd_steps >= 0):
                 raise ValueError(f"pgd_steps must be an integer >= 0, got {self.pgd_steps!r}")
-            if not (isinstance(self.n_adv, (int, np.integer)) and self.n_adv >= 1):
-                raise ValueError(f"n_adv must be an integer >= 1, got {self.n_adv!r}")
-            if not (
-                isinstance(self.adv_batch_size, (int, np.integer)) and self.adv_batch_size >= 1
-            ):
-                raise ValueError(f"adv_batch_size must be >= 1, got {self.adv_batch_size!r}")
+            _check_count("n_adv", self.n_adv)
+            _check_count("adv_batch_size", self.adv_batch_size)
         if self.target_sampling not in ("uniform", "original"):
             raise ValueError(
                 f"target_sampling must be 'uniform' or 'original', got {self.target_sampling!r}"
