@@ -445,6 +445,37 @@ def test_margin_match_moves_random_deletion_toward_retraining(data, trained):
     assert d["forget_accuracy"] < d["forget_accuracy_before"] == 1.0
 
 
+def test_self_balancing_run_holds_its_learning_rate_then_decays_it(data, trained, monkeypatch):
+    """margin-match's one phase runs the first half of its budget at the full learning rate,
+    then decays it linearly to 0 (``_landing._BALANCING_HOLD``)."""
+    from oblivio.unlearners import _landing
+
+    assert _landing._decay_factor(0, 10, 0.0) == 1.0
+    assert _landing._decay_factor(5, 10, 0.0) == pytest.approx(0.5)
+    assert _landing._decay_factor(4, 10, 0.5) == 1.0
+    assert _landing._decay_factor(5, 10, 0.5) == 1.0
+    assert _landing._decay_factor(8, 10, 0.5) == pytest.approx(0.4)
+    assert _landing._decay_factor(10, 10, 0.5) == 0.0
+
+    train, holdout, _ = data
+    unlearner = MarginMatch(trained, budget=0.1).attach(train, holdout=holdout)
+    rates = []
+    step = type(unlearner)._step
+
+    def recording_step(self, optimizer, loss):
+        rates.append(optimizer.param_groups[0]["lr"])
+        return step(self, optimizer, loss)
+
+    monkeypatch.setattr(type(unlearner), "_step", recording_step)
+    d = unlearner.forget(Remove(ids=_random_ids(train, seed=0))).diagnostics
+    steps, base = int(d["budget_steps"]), unlearner._lr()
+    assert len(rates) == steps > 4 and d["lr_halvings"] == 0
+    half = steps // 2
+    assert rates[:half] == [pytest.approx(base)] * half
+    assert all(a > b for a, b in zip(rates[half:-1], rates[half + 1 :], strict=True))
+    assert rates[-1] == pytest.approx(base / (0.5 * steps))  # the last step: 1 of steps/2
+
+
 def test_margin_match_pushes_the_lowest_targets_the_budget_can_draw_often(
     data, trained, monkeypatch
 ):
