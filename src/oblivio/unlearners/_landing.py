@@ -132,7 +132,7 @@ _BALANCING_CHECKS = 10
 #: the 60,000-image CNN (random 10 %: avg gap 1.37, 2.02, 1.42 on seeds 0-2), and a larger
 #: learning rate, the other way to move further in the same budget, wrecked the small nets
 #: in their first steps (4k and 10k CNNs: no landing at the original's 2e-3 where 0.75x
-#: landed). Holding half: 1.04, 1.68, 1.26 (a fourth seed, held out: 1.03 against 1.09);
+#: landed). Holding half: 1.04, 1.68, 1.26 (seeds 3, 4 held out: 1.03, 1.36 against 1.09, 1.56);
 #: 10k CNN 1.38 (1.60 before); 4k CNNs 3.62 and 3.48 (3.93, 3.17). Holding 70 %: 0.92,
 #: 1.51, 1.84 (seed 2 landed early, at 40 % of the run); 10k 1.33; 4k 3.43, 2.51.
 _BALANCING_HOLD = 0.5

@@ -73,9 +73,10 @@ work, ``benchmarks/neural_deletion.py``), avg gap to retraining in points:
   forget draws, learning rate held for half the run): 1.04, 1.68 and 1.26 against 4.13,
   4.51 and 4.32 for no update (mean 1.33, 0.31x; ``scrub`` 2.93, 3.84 and 2.66;
   ``salun`` left the model as it was), 12-16x faster than retraining on one thread, test
-  accuracy within 1.6 points of retraining's; on a fourth seed, not used to choose the
-  schedule, 1.03 against 4.20 (1.09 before the held half). Random 1 %, seed 0: 0.58 against
-  5.10 for no update (0.11x). Before the held half: 1.37, 2.02 and 1.42 (mean 1.60).
+  accuracy within 1.6 points of retraining's; on two more seeds, not used to choose the
+  schedule, 1.03 and 1.36 against 4.20 and 4.65 (1.09 and 1.56 before the held half).
+  Random 1 %, seed 0: 0.58 against 5.10 for no update (0.11x). Before the held half:
+  1.37, 2.02 and 1.42 (mean 1.60).
 * SmallCNN, all 60,000 images, 3 seeds, one H200, before the focused draws: random 1 %
   (which they leave as it was): 1.30 against 5.24 for no update (0.25x; ``salun`` 4.80,
   ``scrub`` 4.03), 16x faster than retraining; random 10 %: 2.63 against 4.17 (0.63x;
