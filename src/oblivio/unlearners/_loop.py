@@ -24,17 +24,11 @@ from oblivio.models.base import Model
 from oblivio.unlearners._landing import _DeletionLoop
 from oblivio.unlearners._neural import as_inputs, module_device, predict_labels
 from oblivio.unlearners._persist import LoadError, StateError, dataset_arrays, dataset_from
-from oblivio.unlearners.base import Unlearner
+from oblivio.unlearners.base import Unlearner, check_count
 
 __all__: list[str] = []
 
 _BN_MODES = ("train", "eval")
-
-
-def _check_count(name: str, value: object) -> None:
-    """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= 1."""
-    if isinstance(value, bool) or not (isinstance(value, (int, np.integer)) and value >= 1):
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 class _NeuralUnlearner(_DeletionLoop, Unlearner):
@@ -91,8 +85,8 @@ class _NeuralUnlearner(_DeletionLoop, Unlearner):
         if not (isinstance(self._lr(), (int, float)) and self._lr() > 0):
             raise ValueError(f"lr must be > 0, got {self.lr!r}")
         if self.max_epochs is not None:
-            _check_count("max_epochs", self.max_epochs)
-        _check_count("batch_size", self.batch_size)
+            check_count("max_epochs", self.max_epochs)
+        check_count("batch_size", self.batch_size)
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must lie in [0, 1), got {self.momentum!r}")
         if self.weight_decay < 0:

@@ -53,6 +53,12 @@ ON_FAILURE = ("raise", "warn", "ignore")
 _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def check_count(name: str, value: object) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer >= 1 (not a bool)."""
+    if isinstance(value, bool) or not (isinstance(value, (int, np.integer)) and value >= 1):
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
 def warn_missed(message: str) -> None:
     """Emit ``UnlearningWarning`` attributed to the first caller outside oblivio."""
     frame, level = inspect.currentframe(), 1

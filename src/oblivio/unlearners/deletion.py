@@ -37,7 +37,7 @@ from torch import nn
 
 from oblivio.data import Change, RequestError
 from oblivio.models.base import Model
-from oblivio.unlearners._loop import _check_count, _NeuralUnlearner
+from oblivio.unlearners._loop import _NeuralUnlearner
 from oblivio.unlearners._neural import (
     _seed_generators,
     _Stream,
@@ -46,7 +46,7 @@ from oblivio.unlearners._neural import (
     random_other_labels,
     set_train_mode,
 )
-from oblivio.unlearners.base import Outcome, register
+from oblivio.unlearners.base import Outcome, check_count, register
 
 __all__ = ["SCRUB", "L1Sparse", "NegGradPlus", "SalUn"]
 
@@ -97,7 +97,7 @@ class _Deletion(_NeuralUnlearner):
         super()._check_params()
         check_budget(self.budget)
         if "forget" in self._reads:
-            _check_count("forget_batch_size", self.forget_batch_size)
+            check_count("forget_batch_size", self.forget_batch_size)
 
     def _validate_change(self, change: Change) -> None:
         if not (change.is_removal or change.is_empty):

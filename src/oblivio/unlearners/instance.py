@@ -32,7 +32,7 @@ from torch import nn
 from oblivio.data import Change, RequestError
 from oblivio.models.base import Model
 from oblivio.unlearners._correction import _check_forget_loss, _forget_term, _ForgetDriven, _Goals
-from oblivio.unlearners._loop import _check_count, _NeuralUnlearner
+from oblivio.unlearners._loop import _NeuralUnlearner
 from oblivio.unlearners._neural import (
     _seed_generators,
     _Stream,
@@ -43,7 +43,7 @@ from oblivio.unlearners._neural import (
     random_other_labels,
     set_train_mode,
 )
-from oblivio.unlearners.base import Outcome, register
+from oblivio.unlearners.base import Outcome, check_count, register
 
 __all__ = ["FineTune", "GradientAscent", "RandomLabels"]
 
@@ -318,8 +318,8 @@ class RandomLabels(_TwoGoals):
 
     def _check_params(self) -> None:
         super()._check_params()
-        _check_count("retain_batch_size", self._retain_batch())
-        _check_count("forget_batch_size", self._forget_batch_size())
+        check_count("retain_batch_size", self._retain_batch())
+        check_count("forget_batch_size", self._forget_batch_size())
 
     def _deletion_step(self, change: Change, forget: _Stream, generator: torch.Generator):
         module = self._module

@@ -23,7 +23,6 @@ from torch import nn
 from oblivio.data import Change
 from oblivio.models.base import Model
 from oblivio.unlearners._correction import _check_forget_loss, _forget_term, _ForgetDriven, _Goals
-from oblivio.unlearners._loop import _check_count
 from oblivio.unlearners._neural import (
     _seed_generators,
     draw_targets,
@@ -34,7 +33,7 @@ from oblivio.unlearners._neural import (
     set_train_mode,
     targeted_l2_pgd,
 )
-from oblivio.unlearners.base import Outcome, register, warn_missed
+from oblivio.unlearners.base import Outcome, check_count, register, warn_missed
 
 __all__ = ["L2UL"]
 
@@ -416,8 +415,8 @@ class L2UL(_ForgetDriven):
                     raise ValueError(f"{key} must be None (automatic) or > 0, got {value!r}")
             if not (isinstance(self.pgd_steps, (int, np.integer)) and self.pgd_steps >= 0):
                 raise ValueError(f"pgd_steps must be an integer >= 0, got {self.pgd_steps!r}")
-            _check_count("n_adv", self.n_adv)
-            _check_count("adv_batch_size", self.adv_batch_size)
+            check_count("n_adv", self.n_adv)
+            check_count("adv_batch_size", self.adv_batch_size)
         if self.target_sampling not in ("uniform", "original"):
             raise ValueError(
                 f"target_sampling must be 'uniform' or 'original', got {self.target_sampling!r}"

@@ -26,7 +26,7 @@ import torch
 
 from oblivio.data import Change, Dataset
 from oblivio.models.base import Model, NotFittedError
-from oblivio.unlearners.base import Outcome, StateError, Unlearner, register
+from oblivio.unlearners.base import Outcome, StateError, Unlearner, check_count, register
 
 __all__ = ["SISA", "CheckpointError", "SISAEnsemble"]
 
@@ -435,9 +435,7 @@ class SISA(Unlearner):
     # -- parameters --------------------------------------------------------------------
     def _check_params(self) -> None:
         for what in ("shards", "slices"):
-            value = getattr(self, what)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"{what} must be an integer >= 1, got {value!r}")
+            check_count(what, getattr(self, what))
         if self.aggregation not in ("mean", "vote"):
             raise ValueError(f"aggregation must be 'mean' or 'vote', got {self.aggregation!r}")
         if not (self.assignment == "random" or callable(self.assignment)):
