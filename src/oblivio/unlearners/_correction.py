@@ -26,6 +26,7 @@ from oblivio.unlearners._loop import _NeuralUnlearner
 from oblivio.unlearners._neural import (
     as_inputs,
     complement_loss,
+    label_margin,
     predict_labels,
     runner_up_loss,
 )
@@ -89,14 +90,16 @@ def _forget_term(
         away = complement_loss(logits, goals.label)
     per_record = torch.where(goals.sign < 0, away, ce)
     if stop_margin is not None:
-        z = logits.detach()
-        own = z.gather(1, goals.label[:, None]).squeeze(1)
-        best_other = z.masked_fill(
-            nn.functional.one_hot(goals.label, z.shape[1]).bool(), float("-inf")
-        ).amax(dim=1)
-        past = torch.where(goals.sign < 0, best_other - own, own - best_other)
-        per_record = per_record.masked_fill(past >= stop_margin, 0.0)
+        per_record = per_record.masked_fill(_past_goal(logits, goals) >= stop_margin, 0.0)
     return per_record.mean()
+
+
+def _past_goal(logits: torch.Tensor, goals: _Goals) -> torch.Tensor:
+    """Per record, how far (in logits, not differentiated) it is past its goal's boundary:
+    ``max_{j != y} z_j - z_y`` for records to misclassify, ``z_y - max_{j != y} z_j`` for
+    records to relabel to ``y`` (negative: short of it)."""
+    margin = label_margin(logits.detach(), goals.label)
+    return torch.where(goals.sign < 0, -margin, margin)
 
 
 def _check_forget_loss(value: Any, allowed: tuple[str, ...] = _FORGET_LOSSES) -> None:

@@ -27,6 +27,7 @@ __all__ = [
     "complement_loss",
     "draw_targets",
     "invert_importance",
+    "label_margin",
     "mas_importance",
     "module_device",
     "predict_labels",
@@ -194,9 +195,7 @@ def complement_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """
     if logits.dim() != 2 or logits.shape[1] < 2:
         raise ValueError(f"need logits of shape (n, C >= 2), got {tuple(logits.shape)}")
-    others = logits.masked_fill(
-        nn.functional.one_hot(labels, logits.shape[1]).bool(), float("-inf")
-    )
+    others = _without_label(logits, labels)
     return torch.logsumexp(logits, dim=1) - torch.logsumexp(others, dim=1)
 
 
@@ -216,10 +215,20 @@ def runner_up_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """
     if logits.dim() != 2 or logits.shape[1] < 2:
         raise ValueError(f"need logits of shape (n, C >= 2), got {tuple(logits.shape)}")
-    others = logits.detach().masked_fill(
-        nn.functional.one_hot(labels, logits.shape[1]).bool(), float("-inf")
-    )
+    others = _without_label(logits.detach(), labels)
     return nn.functional.cross_entropy(logits, others.argmax(dim=1), reduction="none")
+
+
+def label_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per record, the logit of its label minus its largest other logit (negative when the
+    record is misclassified); differentiable in ``logits``."""
+    own = logits.gather(1, labels[:, None]).squeeze(1)
+    return own - _without_label(logits, labels).max(dim=1).values
+
+
+def _without_label(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``logits`` with each record's own label's entry at ``-inf``."""
+    return logits.masked_fill(nn.functional.one_hot(labels, logits.shape[1]).bool(), -torch.inf)
 
 
 def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:

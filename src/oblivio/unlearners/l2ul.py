@@ -22,7 +22,13 @@ from torch import nn
 
 from oblivio.data import Change
 from oblivio.models.base import Model
-from oblivio.unlearners._correction import _check_forget_loss, _forget_term, _ForgetDriven, _Goals
+from oblivio.unlearners._correction import (
+    _check_forget_loss,
+    _forget_term,
+    _ForgetDriven,
+    _Goals,
+    _past_goal,
+)
 from oblivio.unlearners._neural import (
     _seed_generators,
     draw_targets,
@@ -111,13 +117,10 @@ def _shortfall(logits: torch.Tensor, goals: _Goals) -> torch.Tensor:
     """Per record, how far (in logits) it is from its goal; 0 at the goal.
 
     ``max(0, z_y - max_{j != y} z_j)`` for a record to misclassify, ``max(0, max_{j != y} z_j
-    - z_y)`` for a record to relabel to ``y``.
+    - z_y)`` for a record to relabel to ``y``: what :func:`._correction._past_goal` leaves
+    short.
     """
-    z = logits.detach()
-    own = z.gather(1, goals.label[:, None]).squeeze(1)
-    other = z.masked_fill(nn.functional.one_hot(goals.label, z.shape[1]).bool(), float("-inf"))
-    gap = own - other.amax(dim=1)
-    return torch.clamp(torch.where(goals.sign < 0, gap, -gap), min=0.0)
+    return torch.clamp(-_past_goal(logits, goals), min=0.0)
 
 
 @register

@@ -103,7 +103,13 @@ from torch import nn
 
 from oblivio.data import Change
 from oblivio.models.base import Model
-from oblivio.unlearners._neural import _Stream, eval_batch, evaluating, of_kept_classes
+from oblivio.unlearners._neural import (
+    _Stream,
+    eval_batch,
+    evaluating,
+    label_margin,
+    of_kept_classes,
+)
 from oblivio.unlearners.base import Outcome, register
 from oblivio.unlearners.deletion import _check_fraction, _Deletion
 
@@ -127,14 +133,8 @@ def logit_margins(module: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.
     with evaluating(module):
         for start in range(0, X.shape[0], size):
             stop = start + size
-            out.append(_margins(module(X[start:stop]), y[start:stop]))
+            out.append(label_margin(module(X[start:stop]), y[start:stop]))
     return torch.cat(out) if out else torch.zeros(0, device=X.device)
-
-
-def _margins(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    own = logits.gather(1, y[:, None]).squeeze(1)
-    mask = nn.functional.one_hot(y, logits.shape[1]).bool()
-    return own - logits.masked_fill(mask, -torch.inf).max(dim=1).values
 
 
 def matched_targets(
@@ -316,7 +316,7 @@ class MarginMatch(_Deletion):
             logits = module(X)
             b = X_f.shape[0]
             forget_term = nn.functional.smooth_l1_loss(
-                _margins(logits[:b], y_f), pushed_targets[at]
+                label_margin(logits[:b], y_f), pushed_targets[at]
             )
             return nn.functional.cross_entropy(logits[b:], y_r) + weight * forget_term
 
