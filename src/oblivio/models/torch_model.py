@@ -679,10 +679,10 @@ class TorchModel(BaseModel):
             finally:
                 handle.remove()
         # augmented order (class, feature-or-1) -> theta's order (weight row-major, bias)
-        rows = torch.arange(n_out * width, device=flat.device).view(n_out, width)
-        order = rows[:, :n_in].reshape(-1)
+        position = torch.arange(n_out * width, device=flat.device).view(n_out, width)
+        order = position[:, :n_in].reshape(-1)
         if bias is not None:
-            order = torch.cat([order, rows[:, n_in]])
+            order = torch.cat([order, position[:, n_in]])
         H = H[order][:, order]
         return 0.5 * (H + H.T)
 
