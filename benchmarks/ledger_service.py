@@ -5,9 +5,10 @@ Fashion-MNIST 3 vs 8 (n = 12,000, d = 784). From one run on one machine it print
 per request for
 
 * a bare ``forget()`` on an in-memory unlearner (the baseline);
-* ``Ledger.submit`` with a snapshot of every version (``prune=True``: the previous version
-  is deleted, so no stored version keeps forgotten data);
-* ``Ledger.submit`` with a snapshot every ``--checkpoint-every`` versions;
+* ``Ledger.submit`` with a snapshot of every version (the default ``prune=True``: the
+  previous version is deleted, so no stored version keeps forgotten data);
+* ``Ledger.submit`` with a snapshot every ``--checkpoint-every`` versions (``prune=False``:
+  older versions keep forgotten data);
 * the HTTP service (``oblivio serve`` in its own process) with ``--clients`` concurrent
   clients, over a ledger of either kind: requests per second sustained;
 
@@ -204,7 +205,10 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="oblivio-ledger-bench-", dir=args.dir))
     variants = [
         ("snapshot every version, prune", {"prune": True}),
-        (f"snapshot every {args.checkpoint_every}", {"checkpoint_every": args.checkpoint_every}),
+        (
+            f"snapshot every {args.checkpoint_every}",
+            {"checkpoint_every": args.checkpoint_every, "prune": False},
+        ),
     ]
     print(
         f"\nIn process, paired (medians over {len(ids)} requests; overhead = median of "

@@ -2,7 +2,12 @@
 
 import json
 
+import numpy as np
+import pytest
+
 from oblivio.cli import main
+from oblivio.ledger import snapshots
+from oblivio.ledger.storage import SQLiteStorage
 
 
 def test_ledger_commands_end_to_end(tmp_path, capsys, binary_data):
@@ -52,9 +57,35 @@ def test_ledger_commands_end_to_end(tmp_path, capsys, binary_data):
     ]
     assert main(["ledger", "history", db]) == 0
     assert "t2" in capsys.readouterr().out
+    # pruned by default: only version 1 is stored, so verify checks it and replays nothing
+    (stored,) = SQLiteStorage(db).snapshots()
+    assert stored[0] == 1
+    kept = snapshots.load(tmp_path / "l.db.models", stored[1])
+    assert not np.isin([int(record), int(other)], kept.train_.ids).any()
     assert main(["ledger", "verify", db]) == 0
-    assert "ledger verify: ok; replayed 1" in capsys.readouterr().out
+    assert "ledger verify: ok; replayed 0 requests from version 1" in capsys.readouterr().out
     assert main(["ledger", "prune", db]) == 0
-    assert "pruned versions [0]" in capsys.readouterr().out
+    assert "pruned versions none" in capsys.readouterr().out
     assert main(["ledger", "init", db, "--dataset", "digits"]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_ledger_init_keep_history_warns_and_keeps_every_version(tmp_path, capsys, binary_data):
+    db = str(tmp_path / "h.db")
+    init = ["ledger", "init", db, "--dataset", "digits", "--classes", "3,8", "--method", "retrain"]
+    with pytest.raises(SystemExit):  # one or the other
+        main([*init, "--prune", "--keep-history"])
+    assert "not allowed with" in capsys.readouterr().err
+    assert main([*init, "--checkpoint-every", "2"]) == 2  # pruning stores every version
+    assert "needs --keep-history" in capsys.readouterr().err
+    with pytest.warns(UserWarning, match="older versions retain"):
+        assert main([*init, "--keep-history", "--checkpoint-every", "2"]) == 0
+    for k in range(2):
+        assert main(["ledger", "submit", db, "--remove", str(int(binary_data.ids[k]))]) == 0
+    assert [v for v, _ in SQLiteStorage(db).snapshots()] == [0, 2]
+    assert SQLiteStorage(db).meta()["checkpoint_every"] == "2"
+    capsys.readouterr()
+    assert main(["ledger", "verify", db]) == 0
+    assert "ledger verify: ok; replayed 2 requests from version 0" in capsys.readouterr().out
+    assert main(["ledger", "prune", db]) == 0
+    assert "pruned versions [0]" in capsys.readouterr().out

@@ -2,6 +2,7 @@
 
 import json
 import sqlite3
+import warnings
 
 import numpy as np
 import pytest
@@ -19,11 +20,23 @@ def _snapshot_dirs(path):
     return sorted(p.name for p in (path.parent / (path.name + ".models")).iterdir())
 
 
+def _stored_ids(path):
+    """Training-set ids of every snapshot folder in the ledger's store (each one loaded)."""
+    store = path.parent / (path.name + ".models")
+    return [snapshots.load(store, name).train_.ids for name in _snapshot_dirs(path)]
+
+
+def _keeping_history(path, unlearner, **options):
+    """A ledger created with the opt-in ``prune=False``, which must warn."""
+    with pytest.warns(UserWarning, match="older versions retain"):
+        return ob.Ledger.create(path, unlearner, prune=False, **options)
+
+
 def test_exact_ledger_matches_retraining_and_records_everything(
     tmp_path, retrain_unlearner, binary_data
 ):
     path = tmp_path / "ledger.db"
-    ledger = ob.Ledger.create(path, retrain_unlearner)
+    ledger = _keeping_history(path, retrain_unlearner)  # verify replays every request
     original = _theta(ledger)
     ids = binary_data.ids
     ledger.submit(ob.Remove(ids=ids[:3]), request_id="a")
@@ -102,7 +115,7 @@ def test_certified_entries_verify_and_tampering_is_caught(
     tmp_path, certified_unlearner, binary_data
 ):
     path = tmp_path / "l.db"
-    ledger = ob.Ledger.create(path, certified_unlearner)
+    ledger = _keeping_history(path, certified_unlearner)  # verify replays every request
     for i in range(4):
         entry = ledger.submit(ob.Remove(ids=binary_data.ids[i : i + 1]), request_id=f"r{i}")
     assert entry.certificate is not None and entry.guarantee.startswith("certified")
@@ -175,7 +188,7 @@ def test_crashed_submit_is_rolled_back_on_open_and_can_be_resubmitted(
 
 def test_checkpoints_rebuild_the_head_by_replay(tmp_path, retrain_unlearner, binary_data):
     path = tmp_path / "l.db"
-    ledger = ob.Ledger.create(path, retrain_unlearner, checkpoint_every=3)
+    ledger = _keeping_history(path, retrain_unlearner, checkpoint_every=3)
     for i in range(4):
         ledger.submit(ob.Remove(ids=binary_data.ids[i : i + 1]))
     assert [v for v, _ in SQLiteStorage(path).snapshots()] == [0, 3]
@@ -187,7 +200,7 @@ def test_checkpoints_rebuild_the_head_by_replay(tmp_path, retrain_unlearner, bin
 
 def test_prune_keeps_no_forgotten_record(tmp_path, retrain_unlearner, binary_data):
     path = tmp_path / "l.db"
-    ledger = ob.Ledger.create(path, retrain_unlearner, checkpoint_every=2)
+    ledger = _keeping_history(path, retrain_unlearner, checkpoint_every=2)
     removed = binary_data.ids[:3]
     for i in range(3):
         ledger.submit(ob.Remove(ids=removed[i : i + 1]))
@@ -202,15 +215,69 @@ def test_prune_keeps_no_forgotten_record(tmp_path, retrain_unlearner, binary_dat
     assert report.ok and report.base_version == 3 and report.replayed == 0
 
 
-def test_auto_prune_after_every_request(tmp_path, retrain_unlearner, binary_data):
+def test_by_default_no_stored_version_holds_a_removed_record(
+    tmp_path, retrain_unlearner, binary_data
+):
     path = tmp_path / "l.db"
-    ledger = ob.Ledger.create(path, retrain_unlearner, prune=True)
-    for i in range(3):
-        ledger.submit(ob.Remove(ids=binary_data.ids[i : i + 1]))
-        (name,) = _snapshot_dirs(path)
-        kept = snapshots.load(path.parent / "l.db.models", name)
-        assert not np.isin(binary_data.ids[: i + 1], kept.train_.ids).any()
-    assert ob.Ledger.open(path).version == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the default is the safe one: no warning
+        ledger = ob.Ledger.create(path, retrain_unlearner)
+    ids = binary_data.ids
+    assert all(np.isin(ids[:3], stored).all() for stored in _stored_ids(path))  # non-vacuous
+    removed = []
+    for request in (
+        ob.Remove(ids=ids[:1]),
+        ob.Relabel(ids=ids[10:11], labels=1 - binary_data.y[10:11]),
+        ob.Remove(ids=ids[1:3]),
+    ):
+        ledger.submit(request)
+        if isinstance(request, ob.Remove):
+            removed += [int(i) for i in request.ids]
+        stored = _stored_ids(path)  # every folder in the store, loaded
+        assert stored and not any(np.isin(removed, s).any() for s in stored)
+    assert [v for v, _ in SQLiteStorage(path).snapshots()] == [ledger.version] == [3]
+    reopened = ob.Ledger.open(path)
+    assert reopened.auto_prune and reopened.version == 3
+    report = reopened.verify()  # nothing left to replay: the current version is checked
+    assert report.ok and (report.base_version, report.replayed) == (3, 0), report.summary()
+    assert reopened.status(int(ids[0])).forgotten  # the trail (ids, metadata) stays
+
+
+def test_opt_in_history_warns_keeps_every_version_and_survives_reopening(
+    tmp_path, retrain_unlearner, binary_data
+):
+    path = tmp_path / "l.db"
+    ledger = _keeping_history(path, retrain_unlearner)
+    removed = binary_data.ids[:2]
+    ledger.submit(ob.Remove(ids=removed[:1]))
+    assert not ledger.auto_prune and SQLiteStorage(path).meta()["prune"] == "0"
+    # a ledger opened again keeps its stored setting, and opening rewrites nothing
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reopened = ob.Ledger.open(path)
+    reopened.submit(ob.Remove(ids=removed[1:]))
+    assert [v for v, _ in SQLiteStorage(path).snapshots()] == [0, 1, 2]
+    assert SQLiteStorage(path).meta()["prune"] == "0"
+    holding = [np.isin(removed, s).any() for s in _stored_ids(path)]
+    assert sorted(holding) == [False, True, True]  # versions 0 and 1 hold a removed id
+    report = reopened.verify()
+    assert report.ok and (report.base_version, report.replayed) == (0, 2), report.summary()
+
+
+def test_verify_catches_a_current_version_that_holds_removed_records(
+    tmp_path, retrain_unlearner, binary_data
+):
+    path = tmp_path / "l.db"
+    ledger = ob.Ledger.create(path, retrain_unlearner)
+    ledger.submit(ob.Remove(ids=binary_data.ids[:2]), request_id="a")
+    assert ledger.verify().ok
+    # point the current version at a stored model that still holds the removed records
+    stale = snapshots.save(retrain_unlearner, path.parent / "l.db.models")
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE snapshots SET hash = ? WHERE version = 1", (stale,))
+    report = ob.Ledger.open(path).verify()
+    assert not report.ok
+    assert any("still holds 2 removed records" in p for p in report.problems), report.problems
 
 
 def test_concurrent_submits_apply_each_once_in_one_order(
@@ -239,7 +306,9 @@ def test_bad_arguments_change_nothing(tmp_path, retrain_unlearner):
         ob.Ledger.open(tmp_path / "nope.db")
     with pytest.raises(ValueError, match="checkpoint_every"):
         ob.Ledger.create(tmp_path / "m.db", retrain_unlearner, checkpoint_every=0)
-    assert not (tmp_path / "m.db").exists()
+    with pytest.raises(ValueError, match="checkpoint_every=3 .* pass prune=False"):
+        ob.Ledger.create(tmp_path / "m.db", retrain_unlearner, checkpoint_every=3)
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "m.db.models").exists()
     fresh = ob.unlearners.create("retrain", ob.models.LogisticRegression())
     with pytest.raises(ob.models.NotFittedError):
         ob.Ledger.create(tmp_path / "n.db", fresh)

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import oblivio as ob
+from oblivio.ledger import snapshots
 from oblivio.ledger.payload import fingerprint
 
 sa = pytest.importorskip("sqlalchemy")
@@ -99,7 +100,8 @@ def test_postgres_ledger_end_to_end(url, tmp_path, retrain_unlearner, binary_dat
     store = tmp_path / "models"
     with pytest.raises(ValueError, match="needs store="):
         ob.Ledger.create(url, retrain_unlearner)
-    ledger = ob.Ledger.create(url, retrain_unlearner, store=store)
+    with pytest.warns(UserWarning, match="older versions retain"):
+        ledger = ob.Ledger.create(url, retrain_unlearner, store=store, prune=False)
     with pytest.raises(FileExistsError, match="already exists"):
         ob.Ledger.create(url, retrain_unlearner, store=store)
     ids = binary_data.ids
@@ -157,3 +159,6 @@ def test_postgres_recovery_and_concurrent_writers(
     assert [e.version for e in applied] == list(range(1, 9))
     assert not np.isin(ids, final.unlearner().train_.ids).any()
     assert Path(store).is_dir() and final.verify().ok
+    # pruned by default: the one stored version holds none of the removed records
+    (name,) = (p.name for p in Path(store).iterdir())
+    assert not np.isin(ids, snapshots.load(Path(store), name).train_.ids).any()

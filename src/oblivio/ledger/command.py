@@ -76,10 +76,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="unlearner option, e.g. --set epsilon=1 --set seed=0 (repeatable)",
     )
     init.add_argument(
-        "--checkpoint-every", type=int, default=1, help="store every N-th version (default 1)"
+        "--checkpoint-every",
+        type=int,
+        default=1,
+        help="store every N-th version (default 1; N > 1 needs --keep-history)",
     )
-    init.add_argument(
-        "--prune", action="store_true", help="keep only the current version after every request"
+    kept = init.add_mutually_exclusive_group()
+    kept.add_argument(
+        "--prune",
+        dest="prune",
+        action="store_true",
+        default=True,
+        help="keep only the current version after every request, so no stored version "
+        "holds forgotten records (the default)",
+    )
+    kept.add_argument(
+        "--keep-history",
+        dest="prune",
+        action="store_false",
+        help="keep every version for replay audits (older versions retain forgotten records)",
     )
 
     submit = commands.add_parser(
@@ -111,10 +126,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     history = commands.add_parser("history", parents=[where], help="every request in arrival order")
     history.add_argument("--json", action="store_true", help="one JSON object per line")
 
-    commands.add_parser("verify", parents=[where], help="replay the ledger and check every version")
+    commands.add_parser(
+        "verify",
+        parents=[where],
+        help="check the stored versions, replaying the requests after the oldest one kept",
+    )
 
     commands.add_parser(
-        "prune", parents=[where], help="delete every stored version but the current"
+        "prune",
+        parents=[where],
+        help="delete every stored version but the current (ledgers made with --keep-history)",
     )
 
 
@@ -124,6 +145,11 @@ def _init(args: argparse.Namespace) -> int:
 
     if "://" not in args.ledger and Path(args.ledger).exists():  # before any training
         raise ValueError(f"{args.ledger} already exists (open it, or choose a new file)")
+    if args.prune and args.checkpoint_every != 1:
+        raise ValueError(
+            f"--checkpoint-every {args.checkpoint_every} needs --keep-history (versions "
+            "older than the current one hold forgotten records)"
+        )
     if args.saved:
         unlearner = unlearners.Unlearner.load(args.saved)
     else:

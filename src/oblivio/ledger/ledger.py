@@ -9,6 +9,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -77,9 +78,13 @@ class Ledger:
     snapshot deleted: it was never acknowledged, so resubmitting its id applies it once.
     A writer lock (``flock``) serialises submits across threads and processes.
 
-    Stored versions hold the training set as it was then, so every version older than a
-    removal still holds the removed records. :meth:`prune` (or ``prune=True`` at creation,
-    pruning after every request) keeps only the current version.
+    Stored versions hold the training set as it was then, so a version older than a
+    request still holds the records it removed (and the old values of those it edited).
+    By default (``prune=True`` at creation) every older snapshot is deleted after each
+    request, so only the current version is stored. ``prune=False`` keeps every version
+    for replay audits, and warns that older versions retain forgotten records;
+    :meth:`prune` deletes them later. A ledger opened again keeps the setting it was
+    created with.
 
     Use :meth:`create` or :meth:`open`, not the constructor.
     """
@@ -124,7 +129,7 @@ class Ledger:
         *,
         store: str | os.PathLike | None = None,
         checkpoint_every: int = 1,
-        prune: bool = False,
+        prune: bool = True,
         lock_timeout: float = 60.0,
     ) -> Ledger:
         """Start a ledger at ``path`` with ``unlearner`` (fitted) as version 0.
@@ -143,11 +148,16 @@ class Ledger:
             Save a snapshot every this many versions (default 1: every version). Versions
             in between are rebuilt on open by replaying their requests from the last
             snapshot; for approximate methods the rebuilt parameters can differ from the
-            ones served before (exact methods rebuild them exactly).
+            ones served before (exact methods rebuild them exactly). Above 1 only with
+            ``prune=False`` (replays start from an older snapshot, which holds what later
+            requests forgot).
         prune : bool
-            Keep only the current version after every request (no stored version keeps
-            forgotten data; :meth:`verify` then covers no earlier requests). Implies a
-            snapshot of every version.
+            Keep only the current version (default): after every request every older
+            snapshot is deleted, so no stored version holds a removed record or an edited
+            record's old values, and :meth:`verify` checks the current version instead of
+            replaying earlier requests. ``prune=False`` keeps every version (full history
+            for replay audits); older versions then retain forgotten records, so it warns
+            (``UserWarning``).
         lock_timeout : float
             Seconds to wait for another writer before raising ``LedgerBusyError``.
         """
@@ -156,13 +166,18 @@ class Ledger:
         unlearner._check_fitted()
         if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
+        if prune and checkpoint_every != 1:
+            raise ValueError(
+                f"checkpoint_every={checkpoint_every} keeps versions older than the current "
+                "one, which hold forgotten records; pass prune=False to keep history"
+            )
         store_path = cls._store_for(path, store)
         storage = cls._storage_for(path, create=True)  # refuses an existing ledger first
         name = snapshots.save(unlearner, store_path)
         meta = {
             "method": unlearner.name,
             "created_at": _now(),
-            "checkpoint_every": str(1 if prune else checkpoint_every),
+            "checkpoint_every": str(checkpoint_every),
             "prune": "1" if prune else "0",
         }
         if _is_url(path):  # one transaction, DDL included
@@ -170,6 +185,13 @@ class Ledger:
             storage.close()
         else:
             _create_sqlite(Path(path), meta, unlearner.train_.ids, name)
+        if not prune:
+            warnings.warn(
+                "this ledger keeps every model version (prune=False): older versions "
+                "retain the records later requests remove or edit, until Ledger.prune()",
+                UserWarning,
+                stacklevel=2,
+            )
         return cls.open(path, store=store, model=unlearner.model, lock_timeout=lock_timeout)
 
     @classmethod
@@ -460,7 +482,8 @@ class Ledger:
         """Keep only the current version; delete every older snapshot. Returns their versions.
 
         Older versions hold the training set as it was, forgotten records included, so
-        none is kept. The history (ids and metadata) stays; :meth:`verify` then replays
+        none is kept (a ledger created with the default ``prune=True`` does this after
+        every request). The history (ids and metadata) stays; :meth:`verify` then replays
         only requests after the current version.
         """
         with self._writing():
@@ -478,17 +501,27 @@ class Ledger:
     def verify(self) -> VerifyReport:
         """Replay the ledger from its oldest stored version and check every step.
 
-        See :func:`oblivio.ledger.verify.replay` for the checks. Holds the writer lock
+        See :func:`oblivio.ledger.verify.replay` for the checks (``forgotten`` is every id
+        an applied request removed). Only requests after the oldest stored version can be
+        replayed: under the default pruning that is the current version, so nothing is
+        replayed and the report checks that the current snapshot is intact (hash), loads,
+        equals the model served and holds no removed record, not how earlier requests
+        were applied (the versions they started from were deleted with the records they
+        forgot). A ledger created with ``prune=False`` replays every request after its
+        oldest stored version (version 0 until :meth:`prune`). Holds the writer lock
         (submits wait) while it runs.
         """
         with self._writing():
             assert self._unlearner is not None
+            applied = self._storage.entries(["applied"])
+            removed = [i for row in applied if row["kind"] == "remove" for i in row["affected"]]
             rows = self._applied_after(min(v for v, _ in self._storage.snapshots()))
             return replay(
                 dict(self._storage.snapshots()),
                 [LedgerEntry.from_row(row) for row in rows],
                 self._load_snapshot,
                 self._unlearner,
+                forgotten=removed,
             )
 
     def close(self) -> None:

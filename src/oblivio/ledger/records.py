@@ -135,7 +135,8 @@ class VerifyReport:
     ok : bool
         True when no check failed.
     base_version : int
-        Oldest stored version; the replay starts there (earlier versions were pruned).
+        Oldest stored version; the replay starts there (earlier versions were pruned:
+        by default it is the current version and nothing is replayed).
     head_version : int
         The current version.
     replayed : int

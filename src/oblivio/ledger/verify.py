@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ def replay(
     entries: list[LedgerEntry],
     load: Callable[[str], Unlearner],
     current: Unlearner,
+    forgotten: Collection[int] = (),
 ) -> VerifyReport:
     """Replay ``entries`` (applied, by version) from the oldest stored version.
 
@@ -51,8 +52,10 @@ def replay(
     ``EXACT_TOLERANCE``); for certified entries (Guo et al., ICML 2020, Thm. 3) the exact
     gradient residual of the stored (or, between snapshots, replayed) model is at most the
     recorded (or replayed) bound and the bound at most the budget; when every entry is
-    exact, the replay reproduces ``current``. The replay continues from each stored
-    snapshot, so every check is against the model that was served.
+    exact, the replay reproduces ``current`` (with no entry to replay: the oldest stored
+    snapshot equals ``current``); ``current``'s training set holds none of the
+    ``forgotten`` ids (those removed by applied requests). The replay continues from each
+    stored snapshot, so every check is against the model that was served.
     """
     base = min(stored)
     head = max([base] + [e.version for e in entries if e.version is not None])
@@ -71,6 +74,12 @@ def replay(
         problems.append(
             f"the replay of exact requests does not reproduce the current model "
             f"(difference {final:.3g})"
+        )
+    kept = np.intersect1d(current.train_.ids, np.fromiter(forgotten, dtype=np.int64))
+    if kept.size:
+        problems.append(
+            f"the current version still holds {kept.size} removed records "
+            f"(ids {kept[:10].tolist()})"
         )
     return VerifyReport(not problems, base, head, len(entries), checks, problems)
 
