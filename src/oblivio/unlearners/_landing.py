@@ -391,16 +391,19 @@ class _DeletionLoop:
         repair: bool | Callable[[int], torch.Tensor] = True,
         repair_records: int = 0,
         lr: float | None = None,
+        retained: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> dict[str, float]:
         """:meth:`_deletion_loop` with a fresh optimiser, the budget and the defaults.
 
         ``repair``: True for the default repair phase (cross-entropy on batches of
         ``_REPAIR_BATCH`` retained records), a loss of the step for a method's own (it then
-        reads ``repair_records`` records per step), or False for none.
+        reads ``repair_records`` records per step), or False for none. ``retained``: the
+        retained records as ``(inputs, labels)`` tensors when the caller already holds them
+        (converted here otherwise).
         """
         repair_loss = None
         if repair is True:
-            repair_loss, repair_records = self._default_repair(change), _REPAIR_BATCH
+            repair_loss, repair_records = self._default_repair(change, retained), _REPAIR_BATCH
         elif callable(repair):
             repair_loss = repair
         guard = self._absent_class_guard(change) if repair_loss is not None else None
@@ -461,12 +464,21 @@ class _DeletionLoop:
 
         return loss_of_step
 
-    def _default_repair(self, change: Change) -> Callable[[int], torch.Tensor]:
-        """Cross-entropy on seeded batches of retained records."""
+    def _default_repair(
+        self, change: Change, retained: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> Callable[[int], torch.Tensor]:
+        """Cross-entropy on seeded batches of retained records (``retained``: their tensors,
+        if the method already converted them: a second copy of all 54,000 retained images
+        costs 170 MB, on the device too)."""
         _, generator = _seed_generators(self.seed, 20_000 + self._request_index())
+        if retained is None:
+            retained = self._retained_tensors(change)
+        return self._cross_entropy_on(_Stream(*retained, _REPAIR_BATCH, generator))
+
+    def _retained_tensors(self, change: Change) -> tuple[torch.Tensor, torch.Tensor]:
+        """The retained records of ``change`` as ``(inputs, labels)`` on the module's device."""
         retain = change.result
-        stream = _Stream(self._inputs(retain), self._labels(retain.y), _REPAIR_BATCH, generator)
-        return self._cross_entropy_on(stream)
+        return self._inputs(retain), self._labels(retain.y)
 
     def _cross_entropy_on(self, stream: _Stream) -> Callable[[int], torch.Tensor]:
         """The loss of one step of plain fine-tuning: the mean cross-entropy of the next

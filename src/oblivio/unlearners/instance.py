@@ -89,11 +89,18 @@ class _TwoGoals(_ForgetDriven):
             self._forget_batch_size(),
             generator,
         )
-        loss_of_step, per_step = self._deletion_step(change, forget, generator)
+        # converted once: random labels' steps and the repair phase both read them
+        retained = self._retained_tensors(change)
+        loss_of_step, per_step = self._deletion_step(change, forget, retained, generator)
         whole_class = not of_kept_classes(change.before.y, change).any()
         lr = self._DEFAULT_LR["correction"] if self.lr is None and whole_class else None
         diagnostics = self._run_deletion(
-            change, loss_of_step, budget=self.budget, records_per_step=per_step, lr=lr
+            change,
+            loss_of_step,
+            budget=self.budget,
+            records_per_step=per_step,
+            lr=lr,
+            retained=retained,
         )
         return Outcome(diagnostics=diagnostics)
 
@@ -192,7 +199,13 @@ class GradientAscent(_TwoGoals):
         super()._check_params()
         _check_forget_loss(self.forget_loss)
 
-    def _deletion_step(self, change: Change, forget: _Stream, generator: torch.Generator):
+    def _deletion_step(
+        self,
+        change: Change,
+        forget: _Stream,
+        retained: tuple[torch.Tensor, torch.Tensor],
+        generator: torch.Generator,
+    ):
         module = self._module
 
         def loss_of_step(step: int) -> torch.Tensor:
@@ -321,17 +334,18 @@ class RandomLabels(_TwoGoals):
         check_count("retain_batch_size", self._retain_batch())
         check_count("forget_batch_size", self._forget_batch_size())
 
-    def _deletion_step(self, change: Change, forget: _Stream, generator: torch.Generator):
+    def _deletion_step(
+        self,
+        change: Change,
+        forget: _Stream,
+        retained: tuple[torch.Tensor, torch.Tensor],
+        generator: torch.Generator,
+    ):
         module = self._module
         n_classes = self.n_classes_
         if n_classes < 2:
             raise RequestError("random labels need at least 2 classes")
-        retain = _Stream(
-            self._inputs(change.result),
-            self._labels(change.result.y),
-            self._retain_batch(),
-            generator,
-        )
+        retain = _Stream(*retained, self._retain_batch(), generator)
 
         def loss_of_step(step: int) -> torch.Tensor:
             X_f, y_f, _ = forget.next()
