@@ -185,6 +185,78 @@ def test_objective_check_discounts_the_gradient_left_by_early_stopping(task, ada
     assert change + float(step @ leftover) < 0
 
 
+def record_passes(monkeypatch) -> list[tuple]:
+    """Every loss and gradient pass of a ``TorchModel``: (kind, records, labels, theta)."""
+    passes = []
+    for kind in ("loss", "grad"):
+        method = getattr(TorchModel, kind)
+
+        def counted(self, data, theta=None, *args, _method=method, _kind=kind, **kwargs):
+            flat = self.theta if theta is None else torch.as_tensor(theta)
+            key = (_kind, data.ids.tobytes(), np.asarray(data.y).tobytes())
+            passes.append((*key, flat.detach().numpy().tobytes()))
+            return _method(self, data, theta, *args, **kwargs)
+
+        monkeypatch.setattr(TorchModel, kind, counted)
+    return passes
+
+
+def test_objective_check_makes_each_pass_over_the_data_once(task, adam_net, monkeypatch):
+    """A step with the objective check and the landing check: the check's gradient at
+    theta_0 is the landing check's g0 and the residual diagnostic is the ratio's gradient,
+    so 2 loss passes over D~ (theta_0, theta_new), 2 gradient passes over D~ (the same two
+    points) and 1 over the removed records; the passes used to be 2 + 4 + 2."""
+    request = Remove(np.random.default_rng(2).choice(task.ids, size=10, replace=False))
+    passes = record_passes(monkeypatch)
+    second = SecondOrder(adam_net, solver="cg", max_iter=200, on_failure="ignore")
+    result = second.attach(task).forget(request)
+    assert result.diagnostics["steps"] == 1.0
+    assert result.diagnostics["objective_rejections"] == 0.0
+    edited = request.resolve(task).result.ids.tobytes()
+    on_edited = [p for p in passes if p[1] == edited]
+    assert [p[0] for p in on_edited].count("loss") == 2
+    assert [p[0] for p in on_edited].count("grad") == 2
+    assert len(passes) - len(on_edited) == 1  # G: the removed records, once
+    assert len(set(passes)) == len(passes)
+
+    # steps="auto" evaluates its merit where the objective check just did, and the next
+    # step's gradient where the ratio did: still no pass twice at the same theta
+    passes.clear()
+    auto = SecondOrder(adam_net, solver="cg", max_iter=200, steps="auto", on_failure="ignore")
+    result = auto.attach(task).forget(request)
+    assert result.diagnostics["newton_steps"] > 1
+    assert len(set(passes)) == len(passes)
+
+
+@pytest.mark.parametrize(
+    ("request_kind", "options"),
+    [
+        ("remove", {}),
+        ("relabel", {}),  # one objective rejection, then a re-solve
+        ("remove", {"steps": "auto"}),
+        ("relabel", {"steps": 3}),
+        ("remove", {"residual_records": 100}),  # landing and residual on a sample
+    ],
+)
+def test_reusing_passes_changes_no_number(task, adam_net, monkeypatch, request_kind, options):
+    if request_kind == "remove":
+        request = Remove(np.random.default_rng(2).choice(task.ids, size=10, replace=False))
+    else:
+        request = relabel(task, 6)
+    options = {"solver": "cg", "max_iter": 200, "on_failure": "ignore", **options}
+    memoised = SecondOrder(adam_net, **options).attach(task)
+    kept = memoised.forget(request)
+    monkeypatch.setattr(
+        SecondOrder, "_memoised", lambda self, kind, data, positions, theta, compute: compute()
+    )
+    recomputed = SecondOrder(adam_net, **options).attach(task)
+    fresh = recomputed.forget(request)
+    assert torch.equal(memoised.model_.theta, recomputed.model_.theta)
+    assert kept.diagnostics == fresh.diagnostics
+    if request_kind == "relabel" and "steps" not in options:
+        assert kept.diagnostics["objective_rejections"] == 1.0
+
+
 def test_lissa_never_applies_a_step_along_negative_curvature(task, adam_net):
     request = relabel(task, 20)
     lissa = SecondOrder(

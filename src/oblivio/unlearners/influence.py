@@ -58,11 +58,20 @@ which for a convex model at its optimum is the plain ``||grad L(theta_new; D~)||
 (diagnostic ``landed``); otherwise ``on_failure`` decides (warn by default). The check costs
 one more gradient pass over ``D~`` (or its sample) at ``theta_0``; ``residual_records=0``
 turns it off.
+
+**One pass per value.** While a request is honoured, every pass over the data (an objective,
+an objective gradient, a sum of per-record gradients) is made once for each exact set of
+inputs (the same dataset, the same sample, bit-identical ``theta``) and its result reused
+(``_Influence._memoised``). The same quantities recur: the landing check's ``g0`` is the
+objective check's ``grad L(theta; D~) - G`` of a single-step request, the residual
+diagnostic is the ratio's gradient, and ``steps="auto"`` evaluates its merit at the points
+the objective check has just evaluated. Reusing them changes no number.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -248,10 +257,52 @@ class _Influence(Unlearner):
 
         return hvp
 
+    def _memoised(
+        self,
+        kind: str,
+        data: Dataset,
+        positions: np.ndarray | None,
+        theta: torch.Tensor,
+        compute: Callable[[], Any],
+    ) -> Any:
+        """``compute()``, or the value it gave earlier in this request for the same inputs.
+
+        ``kind`` names the quantity, ``data`` (by identity: within a request datasets are
+        never modified, and the memo keeps each one alive so that its id is not reused),
+        ``positions`` the sample of it and ``theta`` the parameters, compared bit for bit:
+        the pass would recompute exactly the stored value (module docstring, "one pass per
+        value"). The rest of the model does not change during a request, and the memo
+        lives only for one (``_forget``). Tensors are returned as copies.
+        """
+        memo = getattr(self, "_memo", None)
+        if memo is None:
+            return compute()
+        flat = theta.detach().reshape(-1).contiguous().cpu()
+        key = (
+            kind,
+            id(data),
+            None if positions is None else np.asarray(positions).tobytes(),
+            str(flat.dtype),
+            # the raw bytes: exact equality (also for dtypes numpy lacks, e.g. bfloat16)
+            flat.view(torch.uint8).numpy().tobytes(),
+        )
+        if key not in memo:
+            memo[key] = (data, compute())
+        value = memo[key][1]
+        return value.clone() if isinstance(value, torch.Tensor) else value
+
     def _sum_grad(self, data: Dataset) -> torch.Tensor:
         if len(data) == 0:
             return torch.zeros_like(self.model_.theta)
-        return self.model_.grad(data).detach()
+        return self._memoised(
+            "sum-gradient", data, None, self._theta(), lambda: self.model_.grad(data).detach()
+        )
+
+    def _objective(self, data: Dataset, theta: torch.Tensor) -> float:
+        """``L(theta; data)`` as a float (one loss pass over ``data``, memoised)."""
+        return self._memoised(
+            "objective", data, None, theta, lambda: float(self.model_.objective(data, theta))
+        )
 
     def _gradient_difference(self, before: Dataset, after: Dataset) -> torch.Tensor:
         """``G`` of (*): ``grad L(theta; D~) - grad L(theta; D)`` for ``Z=before -> Z~=after``."""
@@ -288,15 +339,20 @@ class _Influence(Unlearner):
                 None if self.seed is None else self.seed + len(getattr(self, "history_", []))
             )
             positions = np.sort(rng.choice(n, size=records, replace=False))
-        if positions is not None:
-            gradient = (n / len(positions)) * model.grad(data.take(positions)).detach()
-        else:
-            gradient = model.grad(data).detach()
-        gradient = gradient + float(model.l2) * n * theta
-        noise = getattr(model, "noise", None)
-        if noise is not None:
-            gradient = gradient + torch.as_tensor(noise, dtype=theta.dtype).reshape(-1)
-        return gradient
+
+        def compute() -> torch.Tensor:
+            if positions is not None:
+                gradient = (n / len(positions)) * model.grad(data.take(positions)).detach()
+            else:
+                gradient = model.grad(data).detach()
+            gradient = gradient + float(model.l2) * n * theta
+            noise = getattr(model, "noise", None)
+            if noise is not None:
+                gradient = gradient + torch.as_tensor(noise, dtype=theta.dtype).reshape(-1)
+            return gradient
+
+        # the residual diagnostic draws the landing check's sample again (same seed): one pass
+        return self._memoised("objective-gradient", data, positions, theta, compute)
 
     # -- the update ----------------------------------------------------------------------
     def _chunks(self, change: Change) -> list[tuple[Dataset, Dataset, Dataset]]:
@@ -356,6 +412,13 @@ class _Influence(Unlearner):
             yield pair[0], pair[1], change.result
 
     def _forget(self, change: Change) -> Outcome:
+        self._memo: dict[tuple, tuple[Dataset, Any]] | None = {}
+        try:
+            return self._update(change)
+        finally:
+            self._memo = None  # the next request may see other data and another theta
+
+    def _update(self, change: Change) -> Outcome:
         diagnostics: dict[str, float] = {}
         start = self._theta()
         auto = self.steps == "auto"
@@ -455,7 +518,8 @@ class _Influence(Unlearner):
         g0_np = g0.detach()
 
         def merit(theta: torch.Tensor) -> float:
-            return float(self.model_.objective(edited, theta)) - float(torch.dot(g0_np, theta))
+            # the objective at theta and at theta - step was evaluated by _direction's check
+            return self._objective(edited, theta) - float(torch.dot(g0_np, theta))
 
         taken = stale = 0
         best = ratio
@@ -739,11 +803,13 @@ class SecondOrder(_Influence):
         (with ``objective_check``) to ``max(4 mu, t^T (H~ + mu I) t / t^T t)``. The largest
         damping used is the diagnostic ``damping``.
     objective_check : {"auto", "always", "never"}
-        Evaluate the edited objective ``L(theta - t; D~)`` (a loss and a gradient pass over
-        ``D~``) and reject a step that does not decrease it (beyond the first-order effect of
-        any gradient ``theta`` leaves on the unedited data; see ``_direction``): the
-        quadratic model can be far off on a network (on a small MLP a converged damped
-        Newton step, predicted to lower the objective by 44, raised it from 186 to 955).
+        Evaluate the edited objective ``L(theta - t; D~)`` (a loss pass over ``D~`` at
+        ``theta`` and one per step tried, and a gradient pass at ``theta`` that a single-step
+        request shares with the landing check when that runs on all of ``D~``) and reject a
+        step that does not decrease it (beyond the first-order effect of any gradient
+        ``theta`` leaves on the unedited data; see ``_direction``): the quadratic model can
+        be far off on a network (on a small MLP a converged damped Newton step, predicted
+        to lower the objective by 44, raised it from 186 to 955).
         ``"auto"``: for every model but ``LogisticRegression`` (whose steps are exact Newton
         steps on a convex objective). Refinement steps of ``schedule="misclassified"`` are
         not checked: they deliberately trade objective for correct predictions on the
@@ -1037,7 +1103,9 @@ class SecondOrder(_Influence):
         ``g0`` that ``theta`` leaves on the unedited data (zero at an optimum, where this is
         plain descent; a network stopped early leaves one, and the quadratic model
         ``q(t)``, built from ``G`` alone, does not account for it). ``g0 = grad L(theta; D~)
-        - G`` costs one gradient pass over ``D~``.
+        - G`` costs one gradient pass over ``D~``, none in a single-step request whose
+        landing check runs on all of ``D~`` (it is that check's ``g0``; module docstring,
+        "one pass per value").
         Negative curvature (``c = p^T (H~ + mu I) p / p^T p <= 0`` on a CG direction or
         along a LiSSA solution) raises the damping to ``2 (mu + |c|)``: at least doubled and
         twice past the curvature found. An objective increase means the quadratic model is
@@ -1059,9 +1127,10 @@ class SecondOrder(_Influence):
         rhs = G.detach().cpu().double().numpy()
         check = self._checks_objective() and not refining
         theta = self._theta()
-        before = float(self.model_.objective(edited, theta)) if check else math.nan
+        before = self._objective(edited, theta) if check else math.nan
         leftover = None
         if check:  # g0 = grad L(theta; D) = grad L(theta; D~) - G, exactly, by (*)
+            # for a single-step request this is the landing check's g0: no new pass
             gradient = self._objective_gradient(edited) - G
             leftover = gradient.detach().cpu().double().numpy()
         damping = float(self.damping)
@@ -1087,7 +1156,7 @@ class SecondOrder(_Influence):
             if negative and finite:
                 retry = 2.0 * (damping + abs(float(result.info.get("curvature", 0.0))))
             elif usable and (converged or self.inexact == "apply") and check:
-                after = float(self.model_.objective(edited, theta - self._to_theta(result.x)))
+                after = self._objective(edited, theta - self._to_theta(result.x))
                 if not after - before + float(leftover @ result.x) < 0.0:
                     diagnostics["objective_rejections"] += 1.0
                     x = result.x
