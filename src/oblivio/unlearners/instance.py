@@ -47,6 +47,9 @@ from oblivio.unlearners.base import Outcome, check_count, register
 
 __all__ = ["FineTune", "GradientAscent", "RandomLabels"]
 
+#: Inputs and labels of a set of records, as tensors on the module's device.
+_Pair = tuple[torch.Tensor, torch.Tensor]
+
 
 class _TwoGoals(_ForgetDriven):
     """A forget-driven method that also serves deletion (``goal="deletion"``, default).
@@ -200,11 +203,7 @@ class GradientAscent(_TwoGoals):
         _check_forget_loss(self.forget_loss)
 
     def _deletion_step(
-        self,
-        change: Change,
-        forget: _Stream,
-        retained: tuple[torch.Tensor, torch.Tensor],
-        generator: torch.Generator,
+        self, change: Change, forget: _Stream, retained: _Pair, generator: torch.Generator
     ):
         module = self._module
 
@@ -335,11 +334,7 @@ class RandomLabels(_TwoGoals):
         check_count("forget_batch_size", self._forget_batch_size())
 
     def _deletion_step(
-        self,
-        change: Change,
-        forget: _Stream,
-        retained: tuple[torch.Tensor, torch.Tensor],
-        generator: torch.Generator,
+        self, change: Change, forget: _Stream, retained: _Pair, generator: torch.Generator
     ):
         module = self._module
         n_classes = self.n_classes_
