@@ -82,6 +82,7 @@ from torch import nn
 
 from oblivio.data import Change, Dataset
 from oblivio.unlearners._neural import (
+    _InputsLabels,
     _seed_generators,
     _Stream,
     of_kept_classes,
@@ -391,7 +392,7 @@ class _DeletionLoop:
         repair: bool | Callable[[int], torch.Tensor] = True,
         repair_records: int = 0,
         lr: float | None = None,
-        retained: tuple[torch.Tensor, torch.Tensor] | None = None,
+        retained: _InputsLabels | None = None,
     ) -> dict[str, float]:
         """:meth:`_deletion_loop` with a fresh optimiser, the budget and the defaults.
 
@@ -465,7 +466,7 @@ class _DeletionLoop:
         return loss_of_step
 
     def _default_repair(
-        self, change: Change, retained: tuple[torch.Tensor, torch.Tensor] | None = None
+        self, change: Change, retained: _InputsLabels | None = None
     ) -> Callable[[int], torch.Tensor]:
         """Cross-entropy on seeded batches of retained records (``retained``: their tensors,
         if the method already converted them: a second copy of all 54,000 retained images
@@ -475,7 +476,7 @@ class _DeletionLoop:
             retained = self._retained_tensors(change)
         return self._cross_entropy_on(_Stream(*retained, _REPAIR_BATCH, generator))
 
-    def _retained_tensors(self, change: Change) -> tuple[torch.Tensor, torch.Tensor]:
+    def _retained_tensors(self, change: Change) -> _InputsLabels:
         """The retained records of ``change`` as ``(inputs, labels)`` on the module's device."""
         retain = change.result
         return self._inputs(retain), self._labels(retain.y)

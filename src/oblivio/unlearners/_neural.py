@@ -415,6 +415,10 @@ def check_budget(budget: Any) -> None:
         )
 
 
+#: A set of records as tensors on the module's device: ``(inputs, labels)``.
+_InputsLabels = tuple[torch.Tensor, torch.Tensor]
+
+
 class _Stream:
     """Seeded, shuffled mini-batches of ``(X, y)``, cycling through passes."""
 

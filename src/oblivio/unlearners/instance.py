@@ -34,6 +34,7 @@ from oblivio.models.base import Model
 from oblivio.unlearners._correction import _check_forget_loss, _forget_term, _ForgetDriven, _Goals
 from oblivio.unlearners._loop import _NeuralUnlearner
 from oblivio.unlearners._neural import (
+    _InputsLabels,
     _seed_generators,
     _Stream,
     check_budget,
@@ -46,9 +47,6 @@ from oblivio.unlearners._neural import (
 from oblivio.unlearners.base import Outcome, check_count, register
 
 __all__ = ["FineTune", "GradientAscent", "RandomLabels"]
-
-#: Inputs and labels of a set of records, as tensors on the module's device.
-_Pair = tuple[torch.Tensor, torch.Tensor]
 
 
 class _TwoGoals(_ForgetDriven):
@@ -203,7 +201,7 @@ class GradientAscent(_TwoGoals):
         _check_forget_loss(self.forget_loss)
 
     def _deletion_step(
-        self, change: Change, forget: _Stream, retained: _Pair, generator: torch.Generator
+        self, change: Change, forget: _Stream, retained: _InputsLabels, generator: torch.Generator
     ):
         module = self._module
 
@@ -334,7 +332,7 @@ class RandomLabels(_TwoGoals):
         check_count("forget_batch_size", self._forget_batch_size())
 
     def _deletion_step(
-        self, change: Change, forget: _Stream, retained: _Pair, generator: torch.Generator
+        self, change: Change, forget: _Stream, retained: _InputsLabels, generator: torch.Generator
     ):
         module = self._module
         n_classes = self.n_classes_
@@ -370,7 +368,7 @@ class RandomLabels(_TwoGoals):
         y_r = self._labels(retain.y) if retain is not None else None
         order: list[torch.Tensor] = []
 
-        def retain_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        def retain_batch(step: int) -> _InputsLabels:
             n = X_r.shape[0]
             size = self._retain_batch()
             per_pass = max(1, math.ceil(n / size))
