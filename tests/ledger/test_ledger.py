@@ -251,9 +251,9 @@ def test_opt_in_history_warns_keeps_every_version_and_survives_reopening(
     removed = binary_data.ids[:2]
     ledger.submit(ob.Remove(ids=removed[:1]))
     assert not ledger.auto_prune and SQLiteStorage(path).meta()["prune"] == "0"
-    # a ledger opened again keeps its stored setting, and opening rewrites nothing
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    # a ledger opened again keeps its stored setting, rewrites nothing, and warns of the
+    # older version it stores (version 0 holds the removed record)
+    with pytest.warns(UserWarning, match=r"stores 1 model version\(s\) older .* \(1\)"):
         reopened = ob.Ledger.open(path)
     reopened.submit(ob.Remove(ids=removed[1:]))
     assert [v for v, _ in SQLiteStorage(path).snapshots()] == [0, 1, 2]
@@ -262,6 +262,12 @@ def test_opt_in_history_warns_keeps_every_version_and_survives_reopening(
     assert sorted(holding) == [False, True, True]  # versions 0 and 1 hold a removed id
     report = reopened.verify()
     assert report.ok and (report.base_version, report.replayed) == (0, 2), report.summary()
+    with pytest.warns(UserWarning, match="stores 2 model version"):
+        ob.Ledger.open(path)
+    assert reopened.prune() == [0, 1]
+    with warnings.catch_warnings():  # nothing older is stored: opening is silent
+        warnings.simplefilter("error")
+        assert ob.Ledger.open(path).version == 2
 
 
 def test_verify_catches_a_current_version_that_holds_removed_records(

@@ -84,7 +84,8 @@ class Ledger:
     request, so only the current version is stored. ``prune=False`` keeps every version
     for replay audits, and warns that older versions retain forgotten records;
     :meth:`prune` deletes them later. A ledger opened again keeps the setting it was
-    created with.
+    created with, and :meth:`open` warns while versions older than the current one are
+    stored (also for ledgers created before pruning became the default).
 
     Use :meth:`create` or :meth:`open`, not the constructor.
     """
@@ -216,7 +217,24 @@ class Ledger:
         )
         with ledger._writing():
             pass  # recovery and loading happen on entering the writer section
+        ledger._warn_of_history()
         return ledger
+
+    def _warn_of_history(self) -> None:
+        """Warn on open when versions older than the current one are stored: they hold
+        records that later requests removed or edited (a ledger created with
+        ``prune=False``, or before pruning became the default)."""
+        if self.auto_prune:
+            return
+        older = [v for v, _ in self._storage.snapshots() if v < self._version]
+        if older:
+            warnings.warn(
+                f"this ledger stores {len(older)} model version(s) older than the current "
+                f"one ({self._version}); they retain the records later requests removed or "
+                "edited, until Ledger.prune() (oblivio ledger prune) deletes them",
+                UserWarning,
+                stacklevel=3,
+            )
 
     # -- recovery and loading -----------------------------------------------------------------
     @contextmanager
