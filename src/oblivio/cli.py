@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -373,6 +374,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.quiet and args.verbose:
         parser.error("--quiet and --verbose exclude each other")
     level = QUIET if args.quiet else VERBOSE if args.verbose else NORMAL
+    # warnings are for the person at the terminal: one line in the command's voice, not
+    # the library's file and line (only how they print changes; filters are untouched)
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *_: (
+        f"oblivio {args.command}: warning: {message}\n"
+    )
     try:
         with verbosity_set(level):
             return int(args.handler(args) or 0)
@@ -382,6 +389,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         print(f"oblivio {args.command}: error: {error}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":

@@ -89,3 +89,25 @@ def test_ledger_init_keep_history_warns_and_keeps_every_version(tmp_path, capsys
     assert "ledger verify: ok; replayed 2 requests from version 0" in capsys.readouterr().out
     assert main(["ledger", "prune", db]) == 0
     assert "pruned versions [0]" in capsys.readouterr().out
+
+
+def test_warnings_print_as_one_line_in_the_commands_voice(tmp_path):
+    """Off pytest's recorder, a library warning reaches the terminal as one line naming the
+    command, not as the library's file, line and source."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from oblivio.cli import main; "
+        f"sys.exit(main(['ledger', 'init', {str(tmp_path / 'h.db')!r}, '--dataset', 'digits', "
+        "'--classes', '3,8', '--method', 'retrain', '--keep-history']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "default", "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    warned = [line for line in done.stderr.splitlines() if "warning" in line.lower()]
+    assert warned == [
+        "oblivio ledger: warning: this ledger keeps every model version (prune=False): older "
+        "versions retain the records later requests remove or edit, until Ledger.prune()"
+    ], done.stderr
