@@ -19,12 +19,12 @@ import numpy as np
 import pandas as pd
 
 from oblivio._io import write_json
+from oblivio.audit._mia_data import _read_json
+from oblivio.audit._mia_scores import _model_of
 from oblivio.audit.metrics import accuracy, agreement, param_distance
 from oblivio.audit.mia import (
     AttackInputData,
     AttackType,
-    _model_of,
-    _read_json,
     loss_attack_cv,
     mia_efficacy,
     run_attacks,
