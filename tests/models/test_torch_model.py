@@ -114,9 +114,9 @@ def test_last_layer_hessian_in_closed_form_matches_the_hvps(small, monkeypatch):
     torch.testing.assert_close(H, _hessian_from_hvps(model, data, theta), atol=1e-9, rtol=1e-9)
     assert torch.linalg.matrix_norm(H - 0.05 * len(data) * torch.eye(len(H))) > 1e-1
     # built over pieces of a batch (a small memory bound): the same matrix
-    from oblivio.models import torch_model
+    from oblivio.models import _torch_curvature
 
-    monkeypatch.setattr(torch_model, "_HEAD_PIECE", 3 * 10 * 10 * 7)
+    monkeypatch.setattr(_torch_curvature, "_HEAD_PIECE", 3 * 10 * 10 * 7)
     torch.testing.assert_close(model.hessian(data, theta), H, atol=1e-10, rtol=0)
 
     inner = MLP(data.n_features, (6,), data.n_classes).double()

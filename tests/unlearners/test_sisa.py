@@ -303,13 +303,13 @@ def test_a_bad_checkpoint_is_a_clear_error_and_loses_nothing(digits, tmp_path, d
 
 
 def test_a_failed_checkpoint_write_loses_nothing(digits, tmp_path, monkeypatch):
-    import oblivio.unlearners.sisa as sisa_module
+    import oblivio.unlearners._sisa_checkpoints as checkpoints_module
 
     folder = tmp_path / "ck"
     unlearner = make(shards=2, slices=3, checkpoint_dir=folder).fit(digits)
     files = {p.name: p.read_bytes() for p in folder.iterdir()}
     theta = unlearner.model_.theta
-    real_mkstemp, calls = sisa_module.tempfile.mkstemp, []
+    real_mkstemp, calls = checkpoints_module.tempfile.mkstemp, []
 
     def mkstemp_then_fail(*args, **kwargs):
         calls.append(1)
@@ -317,7 +317,7 @@ def test_a_failed_checkpoint_write_loses_nothing(digits, tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied")
         return real_mkstemp(*args, **kwargs)
 
-    monkeypatch.setattr(sisa_module.tempfile, "mkstemp", mkstemp_then_fail)
+    monkeypatch.setattr(checkpoints_module.tempfile, "mkstemp", mkstemp_then_fail)
     victims = [_first_id_in(unlearner, 0, 0), _first_id_in(unlearner, 1, 0)]
     with pytest.raises(CheckpointError, match="cannot write checkpoints to .*Permission denied"):
         unlearner.forget(ob.Remove(ids=victims))

@@ -1,10 +1,15 @@
-"""Adapter that gives any ``torch.nn.Module`` classifier the oblivio :class:`Model` protocol."""
+"""Adapter that gives any ``torch.nn.Module`` classifier the oblivio :class:`Model` protocol.
+
+This module holds :class:`TorchModel`: its parameters, ``theta``, batching of the data,
+``fit``, the first-order protocol (probabilities, losses, gradients) and state. The training
+loop lives in ``_torch_training`` and the Hessian-vector products and Hessians in
+``_torch_curvature`` (mixins ``TorchModel`` inherits from).
+"""
 
 from __future__ import annotations
 
 import copy
 import math
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -13,19 +18,15 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.func import functional_call, grad
 
-from oblivio import _progress as _progress_utility
 from oblivio.data import Dataset
+from oblivio.models._torch_curvature import DENSE_HESSIAN_LIMIT as DENSE_HESSIAN_LIMIT
+from oblivio.models._torch_curvature import CurvatureMixin
+from oblivio.models._torch_training import TrainingMixin
 from oblivio.models.base import BaseModel, NotFittedError
 
 __all__ = ["TorchModel"]
-
-#: Largest number of parameters ``hessian`` agrees to materialise densely.
-DENSE_HESSIAN_LIMIT = 5000
-#: Entries of the per-record curvature-times-features tensor that the last-layer Hessian
-#: forms at once (``_linear_head_hessian``): about 64 MiB in float32.
-_HEAD_PIECE = 2**24
 
 _LOSSES = ("cross_entropy",)
 _OPTIMIZERS = ("adam", "sgd")
@@ -39,7 +40,7 @@ def _features(X: Any) -> Any:
     return X.X if isinstance(X, Dataset) else X
 
 
-class TorchModel(BaseModel):
+class TorchModel(TrainingMixin, CurvatureMixin, BaseModel):
     r"""Any ``nn.Module`` classifier behind the oblivio model protocol.
 
     Conventions (as :class:`~oblivio.models.LogisticRegression`, Guo et al., ICML 2020,
@@ -434,71 +435,6 @@ class TorchModel(BaseModel):
         module.eval()
         return self
 
-    def _check_outputs(self, data: Dataset) -> None:
-        with torch.no_grad(), self._eval() as module:
-            x, _ = next(self._batches(data.take(np.arange(min(2, len(data)))), 2))
-            width = module(x).shape[-1]
-        if self.loss_fn == "cross_entropy" and width != data.n_classes:
-            raise ValueError(
-                f"{type(module).__name__} outputs {width} logits but the data has "
-                f"{data.n_classes} classes; build the module with n_classes={data.n_classes}"
-            )
-
-    def _train(self, module: nn.Module, data: Dataset, n_epochs: int) -> None:
-        if n_epochs == 0:
-            return
-        lookup = dict(module.named_parameters())
-        trained = [lookup[n] for n in self._names_]
-        if self.train_all:
-            trained += [
-                p
-                for p in module.parameters()
-                if p.requires_grad and all(p is not q for q in trained)
-            ]
-        everything = list(module.parameters())
-        flags = [p.requires_grad for p in everything]
-        for p in everything:
-            p.requires_grad_(any(p is q for q in trained))
-        if self.optimizer == "adam":
-            opt = torch.optim.Adam(trained, lr=self.lr)
-        else:
-            opt = torch.optim.SGD(trained, lr=self.lr, momentum=self.momentum)
-        dtype = self._float_dtype(module)
-        device = self._device()
-        X = self._to_tensor(data.X, dtype) if not sp.issparse(data.X) else data.X
-        y = torch.from_numpy(np.array(data.y, dtype=np.int64)).to(device)
-        n = len(data)
-        generator = torch.Generator().manual_seed(int(self.seed))
-        progress = _progress(self.verbose, n_epochs, math.ceil(n / self.batch_size))
-        module.train()
-        try:
-            with progress as bar:
-                for _epoch in range(n_epochs):
-                    order = torch.randperm(n, generator=generator)
-                    for start in range(0, n, self.batch_size):
-                        index = order[start : start + self.batch_size]
-                        if sp.issparse(X):
-                            xb = self._to_tensor(X[index.numpy()], dtype)
-                        else:
-                            xb = X[index.to(X.device)]
-                        yb = y[index.to(device)]
-                        opt.zero_grad(set_to_none=True)
-                        objective = self._per_record(module(xb), yb).mean()
-                        if self.l2:
-                            objective = objective + 0.5 * self.l2 * sum(
-                                torch.sum(p * p) for p in trained
-                            )
-                        objective.backward()
-                        opt.step()
-                        bar.advance(
-                            note=f"loss {objective.item():.4f}" if bar.mode != "off" else None
-                        )
-        finally:
-            module.eval()
-            for p, flag in zip(everything, flags, strict=True):
-                p.requires_grad_(flag)
-            module.zero_grad(set_to_none=True)
-
     # -- protocol ------------------------------------------------------------------------
     def predict_proba(self, X: Any) -> np.ndarray:
         """Softmax of the logits, ``(n, n_outputs)`` float64, computed in batches."""
@@ -551,152 +487,6 @@ class TorchModel(BaseModel):
         flat = self._as_theta(theta).detach()
         return self.grad(data, flat) + self.l2 * len(data) * flat
 
-    def _batch_hvp(self, flat, v, x, y) -> torch.Tensor:
-        gradient = grad(self._batch_loss)
-        if self._hvp_mode == "forward":
-            try:
-                with warnings.catch_warnings():
-                    # torch's forward-mode machinery scripts a helper on first use
-                    warnings.filterwarnings("ignore", r".*torch\.jit\.script", DeprecationWarning)
-                    return jvp(lambda t: gradient(t, x, y), (flat,), (v,))[1]
-            except (NotImplementedError, RuntimeError) as error:
-                if "forward" not in str(error).lower() and "jvp" not in str(error).lower():
-                    raise
-                self._hvp_mode = "reverse"  # e.g. an op with no forward-mode derivative
-        _, pullback = vjp(lambda t: gradient(t, x, y), flat)
-        return pullback(v)[0]
-
-    def hvp(self, data: Dataset, v: Any, theta: Any = None) -> torch.Tensor:
-        """Hessian-vector product of the objective: ``(sum_i H_i + l2 * n * I) v``.
-
-        Forward-over-reverse (``torch.func.jvp`` of ``torch.func.grad``), batched over the
-        data; evaluation mode.
-        """
-        flat = self._as_theta(theta).detach()
-        vec = (
-            torch.as_tensor(v if isinstance(v, torch.Tensor) else np.array(v))
-            .detach()
-            .to(device=flat.device, dtype=flat.dtype)
-            .reshape(-1)
-        )
-        if vec.numel() != flat.numel():
-            raise ValueError(f"v must have {flat.numel()} entries, got {vec.numel()}")
-        total = self.l2 * len(data) * vec
-        with self._eval():
-            for xb, yb in self._batches(data, self.eval_batch_size):
-                total = total + self._batch_hvp(flat, vec, xb, yb).detach()
-        return total
-
-    def hessian(self, data: Dataset, theta: Any = None, *, chunk: int = 64) -> torch.Tensor:
-        """Dense Hessian of the objective (``p x p``; refuses more than 5000 parameters).
-
-        Built from Hessian-vector products of ``chunk`` basis vectors at a time, then
-        symmetrised; when ``theta`` is the weight and bias of the layer that outputs the
-        logits (``params=[net.head_name]``), in closed form from one forward pass instead
-        (``_linear_head_hessian``; the same matrix, to rounding).
-        """
-        flat = self._as_theta(theta).detach()
-        p = flat.numel()
-        if p > DENSE_HESSIAN_LIMIT:
-            raise ValueError(
-                f"a dense Hessian of {p} parameters is too large (limit "
-                f"{DENSE_HESSIAN_LIMIT}); use hvp() with an iterative solver, or restrict "
-                "theta with params=[...]"
-            )
-        eye = torch.eye(p, dtype=flat.dtype, device=flat.device)
-        head_hessian = self._linear_head_hessian(data, flat)
-        if head_hessian is not None:
-            return head_hessian + self.l2 * len(data) * eye
-        H = self.l2 * len(data) * eye
-        with self._eval():
-            for xb, yb in self._batches(data, self.eval_batch_size):
-                for start in range(0, p, chunk):
-                    block = eye[start : start + chunk]
-                    H[start : start + chunk] += self._batch_hvps(flat, block, xb, yb)
-        return 0.5 * (H + H.T)
-
-    def _linear_head(self) -> nn.Linear | None:
-        """The ``nn.Linear`` whose weight (and bias) are all of ``theta``, or None."""
-        if callable(self.loss_fn):
-            return None
-        module = self._check_fitted()
-        for name, sub in module.named_modules():
-            if not isinstance(sub, nn.Linear):
-                continue
-            own = [f"{name}.{n}" if name else n for n, _ in sub.named_parameters()]
-            if own == list(self._names_):
-                return sub
-        return None
-
-    def _linear_head_hessian(self, data: Dataset, flat: torch.Tensor) -> torch.Tensor | None:
-        """The data term of :meth:`hessian` in closed form when ``theta`` is the weight and
-        bias of the layer whose output is the module's (the last-layer setting of the
-        influence methods), else None.
-
-        The logits ``z = W phi + b`` are then linear in ``theta`` and the features ``phi``
-        do not depend on it, so the Hessian of the summed cross-entropy is exactly
-        ``sum_i (diag(p_i) - p_i p_i^T) (x) [phi_i; 1][phi_i; 1]^T``: one forward pass over
-        the data and a matrix product per batch, where Hessian-vector products re-run the
-        whole network for every block of ``chunk`` basis vectors (a 60,000-image CNN's head,
-        1,290 parameters: minutes on a CPU).
-        """
-        head = self._linear_head()
-        if head is None:
-            return None
-        parts = self._unflatten(flat)
-        weight = parts[self._names_[0]]
-        n_out, n_in = weight.shape
-        bias = parts[self._names_[1]] if head.bias is not None else None
-        width = n_in + (bias is not None)
-        H = torch.zeros(n_out * width, n_out * width, dtype=flat.dtype, device=flat.device)
-        captured: dict[str, torch.Tensor] = {}
-
-        def keep(_module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            captured["phi"], captured["z"] = inputs[0], output
-
-        with self._eval() as module, torch.no_grad():
-            handle = head.register_forward_hook(keep)
-            try:
-                for xb, _ in self._batches(data, self.eval_batch_size):
-                    out = module(xb)
-                    if out is not captured.get("z"):  # something acts after the layer
-                        return None
-                    phi = captured["phi"].reshape(out.shape[0], -1).to(flat.dtype)
-                    z = phi @ weight.T + (0 if bias is None else bias)
-                    prob = torch.softmax(z, dim=1)
-                    curvature = torch.diag_embed(prob) - prob[:, :, None] * prob[:, None, :]
-                    if bias is not None:
-                        phi = torch.cat([phi, torch.ones_like(phi[:, :1])], dim=1)
-                    # H[(c, j), (e, k)] += sum_b A_b[c, e] phi_b[j] phi_b[k], over pieces of
-                    # the batch whose (b, c, e, k) product stays near _HEAD_PIECE entries
-                    rows = max(1, _HEAD_PIECE // (n_out * n_out * width))
-                    for start in range(0, phi.shape[0], rows):
-                        part, bend = phi[start : start + rows], curvature[start : start + rows]
-                        left = bend[:, :, :, None] * part[:, None, None, :]  # b, c, e, k
-                        block = part.T @ left.reshape(part.shape[0], -1)  # j, (c, e, k)
-                        block = block.reshape(width, n_out, n_out, width).permute(1, 0, 2, 3)
-                        H += block.reshape(n_out * width, n_out * width)
-            finally:
-                handle.remove()
-        # augmented order (class, feature-or-1) -> theta's order (weight row-major, bias)
-        position = torch.arange(n_out * width, device=flat.device).view(n_out, width)
-        order = position[:, :n_in].reshape(-1)
-        if bias is not None:
-            order = torch.cat([order, position[:, n_in]])
-        H = H[order][:, order]
-        return 0.5 * (H + H.T)
-
-    def _batch_hvps(self, flat, block, x, y) -> torch.Tensor:
-        """Hessian-vector products of one batch's loss with each row of ``block``."""
-        try:
-            if self._hvp_mode == "forward":
-                return vmap(lambda e: self._batch_hvp(flat, e, x, y))(block).detach()
-            _, pullback = vjp(lambda t: grad(self._batch_loss)(t, x, y), flat)
-            return vmap(pullback)(block)[0].detach()
-        except (NotImplementedError, RuntimeError):
-            pass  # an op without a batching or forward rule: one vector at a time
-        return torch.stack([self._batch_hvp(flat, e, x, y).detach() for e in block])
-
     # -- state ---------------------------------------------------------------------------
     def get_state(self) -> dict[str, Any]:
         """The module's full ``state_dict`` as numpy arrays, plus a JSON-able ``__meta__``."""
@@ -732,11 +522,3 @@ class TorchModel(BaseModel):
         shown = {k: v for k, v in self.get_params().items() if k != "module"}
         options = ", ".join(f"{k}={v!r}" for k, v in shown.items())
         return f"TorchModel({type(self.module).__name__}, {options})"
-
-
-def _progress(verbose: bool, epochs: int, steps: int) -> _progress_utility.Task:
-    """Training steps through the shared reporter: shown with ``verbose=True`` or when the
-    command line asked for progress (a bar on a terminal, plain lines in a log)."""
-    return _progress_utility.task(
-        f"training ({epochs} epochs)", total=epochs * steps, force=verbose
-    )

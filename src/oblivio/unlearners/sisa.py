@@ -3,308 +3,47 @@
 Bourtoule, Chandrasekaran, Choquette-Choo, Jia, Travers, Zhang, Lie, Papernot,
 *Machine Unlearning*, IEEE S&P 2021 (arXiv:1912.03817). Chen et al. (CCS 2021) and
 Warnecke et al. (NDSS 2023) use it as the exact baseline.
+
+This module holds the unlearner class :class:`SISA` (parameters, layout of records into
+shards and slices, training, forgetting, persistence). Its parts live below it:
+``_sisa_shards`` (keyed hashing, digests, one shard's sliced training and running shard
+trainings), ``_sisa_checkpoints`` (slice checkpoints, :class:`CheckpointError`) and
+``_sisa_ensemble`` (the aggregate model :class:`SISAEnsemble`); both public classes are
+importable from here.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
-import inspect
-import json
 import os
-import tempfile
 import warnings
 import weakref
-import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
-import torch
 
 from oblivio.data import Change, Dataset
-from oblivio.models.base import Model, NotFittedError
+from oblivio.models.base import Model
+from oblivio.unlearners._sisa_checkpoints import CheckpointError, CheckpointMixin
+from oblivio.unlearners._sisa_ensemble import SISAEnsemble
+from oblivio.unlearners._sisa_shards import (
+    _SHARD_SALT,
+    _SLICE_SALT,
+    ShardRunnerMixin,
+    _accepts,
+    _bucket,
+    _digest,
+)
 from oblivio.unlearners.base import Outcome, StateError, Unlearner, check_count, register
 
 __all__ = ["SISA", "CheckpointError", "SISAEnsemble"]
 
-_CHECKPOINT_FORMAT = 1
-_SHARD_SALT = 0x5348415244  # "SHARD"
-_SLICE_SALT = 0x534C494345  # "SLICE"
-_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-class CheckpointError(RuntimeError):
-    """A SISA checkpoint is missing, unreadable, or was written for other data."""
-
-
-# -- keyed hashing of record ids ----------------------------------------------------------
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64 finaliser (Steele, Lea & Flood, OOPSLA 2014), vectorised on uint64."""
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def _unit_hash(ids: np.ndarray, seed: int, salt: int) -> np.ndarray:
-    """A uniform number in [0, 1) per id that depends only on (id, seed, salt)."""
-    key = _splitmix64(np.array([seed & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
-    key = _splitmix64(key ^ np.uint64(salt))
-    words = np.asarray(ids, dtype=np.int64).view(np.uint64)
-    mixed = _splitmix64(words ^ key[0])
-    return (mixed >> np.uint64(11)).astype(np.float64) * 2.0**-53
-
-
-def _bucket(ids: np.ndarray, seed: int, salt: int, n_buckets: int) -> np.ndarray:
-    return np.minimum((_unit_hash(ids, seed, salt) * n_buckets).astype(np.int64), n_buckets - 1)
-
-
-# -- data fingerprints and model states ----------------------------------------------------
-def _digest(data: Dataset) -> str:
-    """SHA-256 of a dataset's ids, labels and features (detects stale checkpoints)."""
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(data.ids).tobytes())
-    digest.update(np.ascontiguousarray(data.y).tobytes())
-    X = data.X
-    if sp.issparse(X):
-        for part in (X.data, X.indices, X.indptr):
-            digest.update(np.ascontiguousarray(part).tobytes())
-    else:
-        digest.update(str(X.dtype).encode())
-        digest.update(np.ascontiguousarray(X).tobytes())
-    return digest.hexdigest()
-
-
-def _copy_state(state: dict[str, Any]) -> dict[str, Any]:
-    """Deep copy of ``model.get_state()`` with tensors turned into numpy arrays."""
-    out: dict[str, Any] = {}
-    for key, value in state.items():
-        if key == "__meta__":
-            out[key] = copy.deepcopy(value)
-        elif isinstance(value, torch.Tensor):
-            out[key] = value.detach().cpu().numpy().copy()
-        else:
-            out[key] = np.array(value, copy=True)
-    return out
-
-
-def _restore(template: Model, state: dict[str, Any]) -> Model:
-    model = template.clone()
-    model.set_state(_copy_state(state))
-    return model
-
-
-def _accepts(function: Callable, name: str) -> bool:
-    try:
-        return name in inspect.signature(function).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _is_torch_model(model: Any) -> bool:
-    from oblivio.models import TorchModel
-
-    return isinstance(model, TorchModel)
-
-
-def _train_shard(
-    template: Model,
-    data: Dataset,
-    bounds: Sequence[int],
-    start: int,
-    init_state: dict[str, Any] | None,
-    epochs: Sequence[int] | None,
-    in_worker: bool,
-) -> tuple[Model | None, list[tuple[str, dict[str, Any] | None]]]:
-    """Train one shard over slices ``start .. R-1`` (SISA's sliced training).
-
-    ``data`` holds the shard's records ordered by slice, then id; slice ``r`` is
-    ``data[bounds[r]:bounds[r + 1]]``. Training for slice ``r`` starts from the model after
-    slice ``r - 1`` (``init_state`` for ``r = start``) and fits the prefix
-    ``data[:bounds[r + 1]]``. Every step goes through the same path (clone, restore the
-    previous state, ``fit(prefix, init=theta)``), so resuming from a checkpoint performs the
-    very computation a run from scratch performs.
-
-    Returns the final model (None for an empty shard) and ``(digest, state)`` checkpoints
-    after slices ``start .. R-2``.
-    """
-    if in_worker:
-        torch.set_num_threads(1)
-    n_slices = len(bounds) - 1
-    previous = None if init_state is None else _restore(template, init_state)
-    state = init_state
-    checkpoints: list[tuple[str, dict[str, Any] | None]] = []
-    for r in range(start, n_slices):
-        end = int(bounds[r + 1])
-        prefix = data.take(np.arange(end))
-        if end > int(bounds[r]) or (previous is None and end > 0):
-            model = template.clone()
-            options: dict[str, Any] = {}
-            if previous is not None:
-                # a TorchModel warm-starts its whole module (buffers and parameters outside
-                # ``params`` too) from a fitted model; other models take theta
-                options["init"] = previous if _is_torch_model(previous) else previous.theta
-            if epochs is not None:
-                options["epochs"] = int(epochs[r])
-            model.fit(prefix, **options)
-            previous = model
-            state = _copy_state(model.get_state())
-        # an empty slice adds no data: the model (and checkpoint) stay as they were
-        if r < n_slices - 1:
-            checkpoints.append((_digest(prefix), state))
-    return previous, checkpoints
-
-
-def _close_dask(client: Any, cluster: Any) -> None:
-    try:
-        client.close()
-    finally:
-        if cluster is not None:
-            cluster.close()
-
-
-# -- the aggregate model -------------------------------------------------------------------
-class SISAEnsemble:
-    """The aggregate of SISA's shard models, usable like any model.
-
-    ``predict_proba`` is the mean of the shard models' class probabilities (the soft vote
-    Chen et al., CCS 2021, use); ``predict`` is its argmax (``aggregation="mean"``) or the
-    majority vote of the shard predictions (``"vote"``, Bourtoule et al., Sec. IV), ties
-    broken by the mean probability. ``theta`` concatenates the shard parameter vectors in
-    shard order (empty shards have no model and no parameters).
-
-    Parameters
-    ----------
-    template : Model
-        The model every shard model is a clone of.
-    n_shards : int
-        Number of shards.
-    aggregation : {"mean", "vote"}
-        How ``predict`` combines the shard models.
-    models : list of Model or None, optional
-        Fitted shard models (None for an empty shard).
-    """
-
-    def __init__(
-        self,
-        template: Model,
-        n_shards: int,
-        aggregation: str = "mean",
-        models: Sequence[Model | None] | None = None,
-    ) -> None:
-        self.template = template
-        self.n_shards = n_shards
-        self.aggregation = aggregation
-        self.models_: list[Model | None] | None = None if models is None else list(models)
-        if self.models_ is not None and len(self.models_) != n_shards:
-            raise ValueError(f"expected {n_shards} shard models, got {len(self.models_)}")
-
-    # -- plumbing ----------------------------------------------------------------------
-    def get_params(self) -> dict[str, Any]:
-        return {
-            "template": self.template,
-            "n_shards": self.n_shards,
-            "aggregation": self.aggregation,
-        }
-
-    def clone(self) -> SISAEnsemble:
-        """An unfitted ensemble with the same template and options."""
-        return SISAEnsemble(self.template, self.n_shards, self.aggregation)
-
-    def __repr__(self) -> str:
-        return (
-            f"SISAEnsemble({self.template!r}, n_shards={self.n_shards}, "
-            f"aggregation={self.aggregation!r})"
-        )
-
-    def _fitted(self) -> list[Model]:
-        if self.models_ is None:
-            raise NotFittedError("SISAEnsemble is not fitted; fit it through SISA.fit()")
-        return [m for m in self.models_ if m is not None]
-
-    # -- predictions -------------------------------------------------------------------
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Mean of the shard models' class probabilities, shape (n, n_classes)."""
-        probabilities = [np.asarray(m.predict_proba(X), dtype=np.float64) for m in self._fitted()]
-        return np.mean(probabilities, axis=0)
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Argmax of the mean probability, or the majority vote of the shards."""
-        mean = self.predict_proba(X)
-        if self.aggregation == "mean":
-            return np.argmax(mean, axis=1)
-        votes = np.zeros_like(mean)
-        rows = np.arange(mean.shape[0])
-        for model in self._fitted():
-            votes[rows, np.asarray(model.predict(X), dtype=np.int64)] += 1.0
-        return np.argmax(votes + 0.5 * mean, axis=1)  # mean < 1 only breaks ties
-
-    # -- parameters --------------------------------------------------------------------
-    @property
-    def theta(self) -> torch.Tensor:
-        """Shard parameter vectors concatenated in shard order (a copy)."""
-        return torch.cat([m.theta.detach().reshape(-1).clone() for m in self._fitted()])
-
-    @theta.setter
-    def theta(self, value: Any) -> None:
-        flat = torch.as_tensor(value).detach().reshape(-1)
-        models = self._fitted()
-        sizes = [int(m.theta.numel()) for m in models]
-        if flat.numel() != sum(sizes):
-            raise ValueError(f"theta must have {sum(sizes)} entries, got {flat.numel()}")
-        for model, part in zip(models, torch.split(flat, sizes), strict=True):
-            model.theta = part.clone()
-
-    @property
-    def shard_thetas(self) -> list[torch.Tensor | None]:
-        """Each shard's parameter vector (None for empty shards)."""
-        if self.models_ is None:
-            raise NotFittedError("SISAEnsemble is not fitted; fit it through SISA.fit()")
-        return [None if m is None else m.theta for m in self.models_]
-
-    # -- persistence -------------------------------------------------------------------
-    def get_state(self) -> dict[str, Any]:
-        """Shard states as ``shard<k>__<key>`` arrays plus a JSON-able ``__meta__``."""
-        if self.models_ is None:
-            raise NotFittedError("SISAEnsemble is not fitted; fit it through SISA.fit()")
-        state: dict[str, Any] = {}
-        metas: list[Any] = []
-        for k, model in enumerate(self.models_):
-            if model is None:
-                metas.append(None)
-                continue
-            shard_state = _copy_state(model.get_state())
-            metas.append(shard_state.pop("__meta__", {}))
-            state.update({f"shard{k}__{key}": value for key, value in shard_state.items()})
-        state["__meta__"] = {"shards": metas, "aggregation": self.aggregation}
-        return state
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`get_state` (shard models are clones of ``template``)."""
-        metas = state.get("__meta__", {}).get("shards")
-        if metas is None or len(metas) != self.n_shards:
-            raise ValueError(f"state does not describe {self.n_shards} shard models")
-        models: list[Model | None] = []
-        for k, meta in enumerate(metas):
-            if meta is None:
-                models.append(None)
-                continue
-            prefix = f"shard{k}__"
-            shard_state = {
-                key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)
-            }
-            shard_state["__meta__"] = meta
-            models.append(_restore(self.template, shard_state))
-        self.models_ = models
-
 
 # -- the unlearner -------------------------------------------------------------------------
 @register
-class SISA(Unlearner):
+class SISA(CheckpointMixin, ShardRunnerMixin, Unlearner):
     """Exact unlearning by sharded, isolated, sliced, aggregated training.
 
     Bourtoule et al., *Machine Unlearning*, IEEE S&P 2021. The training set is split into
@@ -472,18 +211,6 @@ class SISA(Unlearner):
         if self.checkpoint_dir is not None:
             self._check_writable(Path(self.checkpoint_dir))
 
-    @staticmethod
-    def _check_writable(folder: Path) -> None:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            handle, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
-            os.close(handle)
-            os.remove(probe)
-        except OSError as error:
-            raise ValueError(
-                f"checkpoint_dir {os.fspath(folder)!r} is not a writable folder: {error}"
-            ) from error
-
     def _epochs(self) -> list[int] | None:
         """Epochs per slice for models with an ``epochs`` option (None: the model's own)."""
         base = getattr(self.model, "epochs", None)
@@ -543,55 +270,6 @@ class SISA(Unlearner):
         return [part.ids.copy() for part, _ in self._partition(self.train_)]
 
     # -- execution ---------------------------------------------------------------------
-    def _run(self, tasks: list[tuple]) -> list[tuple[Model | None, list]]:
-        """Run ``_train_shard`` on each task, in parallel where asked."""
-        template, epochs = self.model, self._epochs()
-        if self.backend == "dask" and tasks:
-            client = self._dask_client()
-            futures = [
-                client.submit(_train_shard, template, *task, epochs, True, pure=False)
-                for task in tasks
-            ]
-            return client.gather(futures)
-        if self.n_jobs == 1 or len(tasks) <= 1:
-            return [_train_shard(template, *task, epochs, False) for task in tasks]
-        from joblib import Parallel, delayed
-
-        return Parallel(n_jobs=self.n_jobs, backend="loky")(
-            delayed(_train_shard)(template, *task, epochs, True) for task in tasks
-        )
-
-    def _dask_client(self) -> Any:
-        if self._dask is None:
-            try:
-                from dask.distributed import Client, LocalCluster
-            except ImportError as error:  # pragma: no cover - depends on the environment
-                raise ImportError(
-                    "backend='dask' needs dask.distributed: pip install 'oblivio[dask]'"
-                ) from error
-            cluster = None
-            if self.scheduler is not None:
-                client = Client(self.scheduler)
-            else:
-                workers = (os.cpu_count() or 2) if self.n_jobs == -1 else max(2, self.n_jobs)
-                cluster = LocalCluster(
-                    n_workers=workers,
-                    threads_per_worker=1,
-                    processes=True,
-                    dashboard_address=None,
-                )
-                client = Client(cluster)
-            self._dask = (client, cluster)
-            self._finalizer = weakref.finalize(self, _close_dask, client, cluster)
-        return self._dask[0]
-
-    def close(self) -> None:
-        """Shut down the Dask client (and the local cluster SISA started), if any."""
-        if self._finalizer is not None:
-            self._finalizer()
-        self._dask = None
-        self._finalizer = None
-
     def __enter__(self) -> SISA:
         return self
 
@@ -610,94 +288,6 @@ class SISA(Unlearner):
         for key, value in self.__getstate__().items():
             setattr(clone, key, copy.deepcopy(value, memo))
         return clone
-
-    # -- checkpoints -------------------------------------------------------------------
-    def _checkpoint_path(self, shard: int, slice_: int) -> Path:
-        return Path(self.checkpoint_dir) / f"shard{shard:04d}_slice{slice_:04d}.npz"
-
-    def _write_checkpoints(self, entries: dict[tuple[int, int], tuple[str, Any]]) -> None:
-        """Store checkpoints; on disk, all files are staged first and then renamed."""
-        if self.checkpoint_dir is None:
-            self._memory.update({key: (d, s) for key, (d, s) in entries.items()})
-            return
-        staged: list[tuple[str, Path]] = []
-        try:
-            for (k, r), (digest, state) in entries.items():
-                arrays: dict[str, np.ndarray] = {
-                    "format": np.asarray(_CHECKPOINT_FORMAT),
-                    "digest": np.asarray(digest),
-                    "shard": np.asarray(k),
-                    "slice": np.asarray(r),
-                    "empty": np.asarray(state is None),
-                }
-                if state is not None:
-                    state = dict(state)
-                    arrays["meta"] = np.asarray(json.dumps(state.pop("__meta__", {})))
-                    arrays.update({f"state__{key}": np.asarray(v) for key, v in state.items()})
-                handle, temp = tempfile.mkstemp(
-                    prefix=f".shard{k:04d}_slice{r:04d}.", suffix=".tmp", dir=self.checkpoint_dir
-                )
-                with os.fdopen(handle, "wb") as stream:
-                    np.savez(stream, **arrays)
-                    stream.flush()
-                    os.fsync(stream.fileno())
-                staged.append((temp, self._checkpoint_path(k, r)))
-        except BaseException as error:
-            for temp, _ in staged:
-                Path(temp).unlink(missing_ok=True)
-            if isinstance(error, OSError):
-                raise CheckpointError(
-                    f"cannot write checkpoints to {self.checkpoint_dir!r}: {error}"
-                ) from error
-            raise
-        for temp, target in staged:
-            os.replace(temp, target)
-
-    def _read_checkpoint(self, shard: int, slice_: int, expected: str) -> dict[str, Any] | None:
-        """The model state after ``slice_`` of ``shard``; check it matches the data."""
-        if self.checkpoint_dir is None:
-            try:
-                digest, state = self._memory[(shard, slice_)]
-            except KeyError:
-                raise CheckpointError(
-                    f"no checkpoint for shard {shard}, slice {slice_} in memory"
-                ) from None
-            where = f"in-memory checkpoint (shard {shard}, slice {slice_})"
-        else:
-            path = self._checkpoint_path(shard, slice_)
-            where = f"checkpoint file {os.fspath(path)!r}"
-            try:
-                with np.load(path, allow_pickle=False) as archive:
-                    files = set(archive.files)
-                    if int(archive["format"]) != _CHECKPOINT_FORMAT:
-                        raise ValueError(f"format {int(archive['format'])}")
-                    if (int(archive["shard"]), int(archive["slice"])) != (shard, slice_):
-                        raise ValueError("it belongs to another shard or slice")
-                    digest = str(archive["digest"])
-                    if bool(archive["empty"]):
-                        state = None
-                    else:
-                        state = {
-                            key[len("state__") :]: archive[key]
-                            for key in files
-                            if key.startswith("state__")
-                        }
-                        state["__meta__"] = json.loads(str(archive["meta"]))
-            except FileNotFoundError:
-                raise CheckpointError(
-                    f"{where} is missing; refit the unlearner to rebuild its checkpoints"
-                ) from None
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-                raise CheckpointError(
-                    f"{where} is corrupt ({type(error).__name__}: {error}); "
-                    "refit the unlearner to rebuild its checkpoints"
-                ) from error
-        if digest != expected:
-            raise CheckpointError(
-                f"{where} was written for other training data (stale, or from another "
-                "unlearner sharing the folder); refit the unlearner to rebuild its checkpoints"
-            )
-        return state
 
     # -- training ----------------------------------------------------------------------
     def fit(self, train: Dataset) -> SISA:
