@@ -252,7 +252,7 @@ def test_second_order_on_high_dimensional_sparse_data_uses_preconditioned_cg(mon
         seen.append(kwargs.get("preconditioner"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr("oblivio.unlearners.influence.cg_solve", spy)
+    monkeypatch.setattr("oblivio.unlearners._influence_solve.cg_solve", spy)
     model = LogisticRegression(l2=1e-2).fit(data)
     monkeypatch.setattr(LogisticRegression, "hessian", None)  # a d x d matrix is not an option
     u = SecondOrder(model).attach(data)
