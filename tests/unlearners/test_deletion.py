@@ -374,6 +374,27 @@ def test_a_missed_target_warns_and_says_so(data, trained):
     assert d["forget_accuracy"] <= d["forget_accuracy_before"]
 
 
+def test_progress_reports_records_and_the_target_only_when_asked(data, trained, capsys):
+    from oblivio._progress import VERBOSE, verbosity_set
+
+    train, holdout, _ = data
+    ids = train.ids[train.y == 4]
+    NegGradPlus(trained).attach(train, holdout=holdout).forget(Remove(ids=ids))
+    assert capsys.readouterr().err == ""  # library use: silent
+    unlearner = NegGradPlus(trained).attach(train, holdout=holdout)
+    with verbosity_set(VERBOSE):  # what ``oblivio --verbose`` sets: a line per update
+        result = unlearner.forget(Remove(ids=ids))
+    lines = [x for x in capsys.readouterr().err.splitlines() if "neggrad-plus: unlearning" in x]
+    budget = int(unlearner.budget * trained.epochs * len(train))
+    assert lines[0].startswith(f"[oblivio] neggrad-plus: unlearning (records): 0/{budget} ")
+    assert lines[-1].endswith("(finished)")
+    assert any("forget accuracy" in x and "target 0.000" in x for x in lines)
+    # records processed, as the diagnostics count them
+    done = int(lines[-1].split(": ")[2].split("/")[0])
+    assert done > 0
+    assert done == pytest.approx(result.diagnostics["work_fraction"] * trained.epochs * len(train))
+
+
 def test_on_failure_raise_changes_nothing_and_bad_values_are_refused(data, trained):
     train, _, _ = data
     ids = train.ids[train.y == 4]

@@ -68,7 +68,9 @@ Design of the deletion loop
   training (``work_fraction``), whether the target was reached and whether the run
   diverged, and the steps of each phase (``steps``, ``repair_steps``). A run that ends more
   than 3 points from a known target warns (:class:`~oblivio.UnlearningWarning`) and says
-  so in ``diagnostics["target_missed"]``.
+  so in ``diagnostics["target_missed"]``. Progress (records processed out of the budget,
+  and at each check the forget accuracy against its target) goes through
+  :mod:`oblivio._progress`: shown when the command line asks for it, silent in library use.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from oblivio import _progress
 from oblivio.data import Change, Dataset
 from oblivio.unlearners._neural import (
     _InputsLabels,
@@ -275,6 +278,7 @@ class _DeletionLoop:
             forget_acc = float((labels == y_f).float().mean())
             retain_acc = self._accuracy(X_r, y_r)
             current, damage = score(forget_acc, retain_acc) if finite else (math.inf, 1.0)
+            bar.update(note=f"forget accuracy {forget_acc:.3f}, target {target:.3f}")
             if current < best_score and damage <= _KEPT_DAMAGE:  # a damaged model never lands
                 best_score, best_step = current, step
                 best_state = self._module_state()
@@ -295,58 +299,64 @@ class _DeletionLoop:
             for group, lr in zip(optimizer.param_groups, base_lr, strict=True):
                 group["lr"] = lr * _decay_factor(done, total, hold)
 
-        base_lr = [group["lr"] for group in optimizer.param_groups]
-        while steps_taken < impair_cap and not (reached or diverged):
-            if balancing:
-                # one phase that must settle where it lands: the learning rate holds for the
-                # first half of the budget, then decays linearly to 0 (_BALANCING_HOLD)
-                decay(base_lr, steps_taken, impair_cap, _BALANCING_HOLD)
-            if not advance(loss_of_step(steps_taken)):
-                diverged = True
-                break
-            steps_taken += 1
-            since += 1
-            # regular checks, plus checks at steps 1, 2, 4, 8, ... of every (re)start:
-            # ascent and random labels can cross the target within the first few steps (a
-            # self-balancing loss under a decaying learning rate does not)
-            early = not balancing and since < every and since & (since - 1) == 0
-            if not (early or steps_taken % every == 0 or steps_taken == impair_cap):
-                continue
-            damage, forget_acc = check(steps_taken)
-            if damage > wrecked:
-                # the step size is too large for this network: back to the best checkpoint,
-                # half the learning rate, forget the momentum (a backtracking line search)
-                if halvings == _MAX_HALVINGS:
-                    break
-                halvings += 1
-                self._module.load_state_dict(best_state)
-                optimizer.state.clear()
-                base_lr = [lr * 0.5 for lr in base_lr]
-                for group in optimizer.param_groups:
-                    group["lr"] *= 0.5
-                since = 0
-                continue
-            reached = not balancing and forget_acc <= target + _REACHED
-
-        if repair_loss is not None and steps_taken > 0 and not diverged:
-            # Repair: retained records only, the learning rate decaying linearly to 0 (the
-            # fine-tuning phase of SCRUB's min steps and of impair-repair schemes): it gives
-            # back what the steps above cost the retained and unseen records, while
-            # forget records that only memorisation held stay forgotten. (A run that
-            # took no step, its target met at the start, has nothing to repair.)
-            left = records_budget - steps_taken * max(1, records_per_step)
-            repair_steps = max(0, int(left // max(1, repair_records)))
-            optimizer.state.clear()
-            lr0 = [group["lr"] for group in optimizer.param_groups]
-            every_repair = max(1, repair_steps // max(1, checks // 2))
-            for k in range(repair_steps):
-                decay(lr0, k, repair_steps)
-                if not advance(repair_loss(k)):
+        # progress in records processed: shown when the command line asks (silent in
+        # library use), a bar on a terminal, lines in a log
+        reporter = _progress.task(f"{self.name}: unlearning (records)", total=int(records_budget))
+        with reporter as bar:
+            base_lr = [group["lr"] for group in optimizer.param_groups]
+            while steps_taken < impair_cap and not (reached or diverged):
+                if balancing:
+                    # one phase that must settle where it lands: the learning rate holds for the
+                    # first half of the budget, then decays linearly to 0 (_BALANCING_HOLD)
+                    decay(base_lr, steps_taken, impair_cap, _BALANCING_HOLD)
+                if not advance(loss_of_step(steps_taken)):
                     diverged = True
                     break
-                repair_taken += 1
-                if repair_taken % every_repair == 0 or repair_taken == repair_steps:
-                    check(steps_taken + repair_taken)
+                steps_taken += 1
+                since += 1
+                bar.advance(max(1, records_per_step))
+                # regular checks, plus checks at steps 1, 2, 4, 8, ... of every (re)start:
+                # ascent and random labels can cross the target within the first few steps (a
+                # self-balancing loss under a decaying learning rate does not)
+                early = not balancing and since < every and since & (since - 1) == 0
+                if not (early or steps_taken % every == 0 or steps_taken == impair_cap):
+                    continue
+                damage, forget_acc = check(steps_taken)
+                if damage > wrecked:
+                    # the step size is too large for this network: back to the best checkpoint,
+                    # half the learning rate, forget the momentum (a backtracking line search)
+                    if halvings == _MAX_HALVINGS:
+                        break
+                    halvings += 1
+                    self._module.load_state_dict(best_state)
+                    optimizer.state.clear()
+                    base_lr = [lr * 0.5 for lr in base_lr]
+                    for group in optimizer.param_groups:
+                        group["lr"] *= 0.5
+                    since = 0
+                    continue
+                reached = not balancing and forget_acc <= target + _REACHED
+
+            if repair_loss is not None and steps_taken > 0 and not diverged:
+                # Repair: retained records only, the learning rate decaying linearly to 0 (the
+                # fine-tuning phase of SCRUB's min steps and of impair-repair schemes): it gives
+                # back what the steps above cost the retained and unseen records, while
+                # forget records that only memorisation held stay forgotten. (A run that
+                # took no step, its target met at the start, has nothing to repair.)
+                left = records_budget - steps_taken * max(1, records_per_step)
+                repair_steps = max(0, int(left // max(1, repair_records)))
+                optimizer.state.clear()
+                lr0 = [group["lr"] for group in optimizer.param_groups]
+                every_repair = max(1, repair_steps // max(1, checks // 2))
+                for k in range(repair_steps):
+                    decay(lr0, k, repair_steps)
+                    if not advance(repair_loss(k)):
+                        diverged = True
+                        break
+                    repair_taken += 1
+                    bar.advance(repair_records)
+                    if repair_taken % every_repair == 0 or repair_taken == repair_steps:
+                        check(steps_taken + repair_taken)
         self._module.load_state_dict(best_state)
         self._finish()
         done = best_step
