@@ -111,3 +111,27 @@ def test_warnings_print_as_one_line_in_the_commands_voice(tmp_path):
         "oblivio ledger: warning: this ledger keeps every model version (prune=False): older "
         "versions retain the records later requests remove or edit, until Ledger.prune()"
     ], done.stderr
+
+
+def test_a_saved_neural_unlearner_runs_a_ledger_from_the_command_line(tmp_path, capsys):
+    """oblivio's networks are rebuilt from the save, so the command line, which cannot pass a
+    template, keeps a ledger of a neural unlearner."""
+    import oblivio as ob
+    from oblivio.models import MLP, TorchModel
+
+    split = ob.datasets.load("digits")
+    train = split.train.take(np.arange(300))
+    model = TorchModel(MLP(64, (16,), 10), epochs=5, lr=1e-2, batch_size=32, seed=0)
+    unlearner = ob.unlearners.create("salun", model, on_failure="ignore")
+    saved = unlearner.fit(train, holdout=split.test).save(tmp_path / "salun")
+    db = str(tmp_path / "n.db")
+    assert main(["ledger", "init", db, "--from", str(saved)]) == 0
+    assert "created" in capsys.readouterr().out
+    removed = [int(i) for i in train.ids[:3]]
+    assert main(["ledger", "submit", db, "--remove", ",".join(map(str, removed))]) == 0
+    assert '"status": "applied"' in capsys.readouterr().out
+    assert main(["ledger", "verify", db]) == 0
+    assert "ledger verify: ok" in capsys.readouterr().out
+    current = ob.Ledger.open(db).unlearner()  # no template here either
+    assert type(current.model_.module) is MLP
+    assert not np.isin(removed, current.train_.ids).any()

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import oblivio as ob
-from oblivio.models import MLP, LogisticRegression, TorchModel
+from oblivio.models import MLP, CharLSTM, LogisticRegression, SmallCNN, TorchModel
 from oblivio.unlearners import SISA, CertifiedRemoval, FirstOrder, Retrain
 from oblivio.unlearners._persist import META_FILE
 
@@ -346,7 +346,54 @@ def test_torch_hyper_parameters_come_from_the_save(tmp_path, digits_split):
     other = TorchModel(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10)))
     with pytest.raises(ob.LoadError, match="field 'model.module_class'"):
         ob.load(path, model=other)
+
+
+@pytest.mark.parametrize(
+    "network, rows",
+    [
+        (lambda: MLP(64, hidden=(8, 6), n_classes=10, dropout=0.25), None),
+        (lambda: SmallCNN(1, image_size=8, n_classes=10, channels=(3, 4), hidden=9), None),
+        (lambda: CharLSTM(17, embed=5, hidden=6, n_classes=10, layers=2, dropout=0.1), 17),
+    ],
+    ids=["mlp", "cnn", "lstm"],
+)
+def test_oblivios_networks_are_rebuilt_from_the_save_alone(tmp_path, digits_split, network, rows):
+    torch.set_num_threads(1)
+    train = digits_split.train.take(np.arange(120))
+    if rows is not None:  # token windows for the LSTM: digits pixels (0..16) as token ids
+        train = ob.data.Dataset(X=train.X[:, :6].astype(np.int64), y=train.y, ids=train.ids)
+    u = Retrain(TorchModel(network(), epochs=1, lr=3e-3, batch_size=32, seed=0)).fit(train)
+    loaded = ob.load(u.save(tmp_path / "net"))  # no template
+    module = loaded.model_.module
+    assert type(module) is type(u.model_.module)
+    assert module.architecture == u.model_.module.architecture
+    assert (loaded.model.lr, loaded.model.batch_size) == (3e-3, 32)
+    assert torch.equal(loaded.model_.theta, u.model_.theta)
+    np.testing.assert_array_equal(
+        loaded.model_.predict_proba(train.X[:10]), u.model_.predict_proba(train.X[:10])
+    )
+
+
+def test_a_network_the_save_cannot_rebuild_needs_a_template(tmp_path, digits_split):
+    train = digits_split.train.take(np.arange(120))
+    own = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))  # a user's network
+    path = Retrain(TorchModel(own, epochs=1, seed=0)).fit(train).save(tmp_path / "own")
+    with pytest.raises(ob.LoadError, match="field 'model.class'.*load\\(path, model=...\\)"):
+        ob.load(path)
+
+    # a loss JSON cannot hold: the save alone cannot rebuild the model either
+    def loss(logits, y):
+        return torch.nn.functional.cross_entropy(logits, y, reduction="none")
+
+    path = Retrain(_net(loss=loss)).fit(train).save(tmp_path / "loss")
     with pytest.raises(ob.LoadError, match="field 'model.class'"):
+        ob.load(path)
+    # tampered constructor arguments are a load error naming the field
+    path = Retrain(_net()).fit(train).save(tmp_path / "mlp")
+    meta = json.loads((path / META_FILE).read_text())
+    meta["model"]["module_args"]["hidden"] = [0]
+    (path / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(ob.LoadError, match="field 'model.module_args'.*hidden width"):
         ob.load(path)
 
 

@@ -207,7 +207,8 @@ class Ledger:
         """Open a ledger, finish crash recovery and load the current version.
 
         ``model`` is an untrained template of the same architecture, needed for torch
-        models (logistic regression is rebuilt from the saved options).
+        models on a network of your own (logistic regression and oblivio's networks are
+        rebuilt from the save).
         """
         ledger = cls(
             cls._storage_for(path),

@@ -4,17 +4,20 @@ Small architectures of the kind the unlearning papers train: a multi-layer perce
 two-block convolutional network for 28x28 (MNIST / Fashion-MNIST) and 32x32 (CIFAR-10)
 images, and a character-level LSTM language model (Warnecke et al., NDSS 2023, Sec. 6.3;
 Carlini et al.'s canary set-up). Each module names its final linear layer in ``head_name``,
-so ``TorchModel(net, params=[net.head_name])`` restricts ``theta`` to the last layer.
+so ``TorchModel(net, params=[net.head_name])`` restricts ``theta`` to the last layer, and
+keeps its constructor arguments in ``architecture``, so that a saved unlearner rebuilds the
+network without a template (``ob.load(path)``, ``oblivio ledger init --from``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["MLP", "CharLSTM", "SmallCNN"]
+__all__ = ["MLP", "NETWORKS", "CharLSTM", "SmallCNN", "rebuild_network"]
 
 
 def _positive_int(value: int, what: str) -> int:
@@ -65,6 +68,12 @@ class MLP(nn.Module):
         for index in range(self.depth):
             self.add_module(f"fc{index + 1}", nn.Linear(widths[index], widths[index + 1]))
         self.head_name = f"fc{self.depth}"
+        self.architecture: dict[str, Any] = {
+            "in_features": widths[0],
+            "hidden": widths[1:-1],
+            "n_classes": widths[-1],
+            "dropout": self.dropout.p,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[0], -1)
@@ -124,6 +133,14 @@ class SmallCNN(nn.Module):
         self.dropout = nn.Dropout(_check_dropout(dropout))
         self.fc2 = nn.Linear(self.fc1.out_features, self.n_classes)
         self.head_name = "fc2"
+        self.architecture: dict[str, Any] = {
+            "in_channels": self.in_channels,
+            "image_size": self.image_size,
+            "n_classes": self.n_classes,
+            "channels": [c1, c2],
+            "hidden": self.fc1.out_features,
+            "dropout": self.dropout.p,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size, channels = self.image_size, self.in_channels
@@ -195,6 +212,14 @@ class CharLSTM(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden, self.n_classes)
         self.head_name = "fc"
+        self.architecture: dict[str, Any] = {
+            "vocab_size": self.vocab_size,
+            "embed": int(embed),
+            "hidden": int(hidden),
+            "n_classes": self.n_classes,
+            "layers": int(layers),
+            "dropout": dropout,
+        }
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 2:
@@ -203,3 +228,20 @@ class CharLSTM(nn.Module):
             x = x.long()
         output, _ = self.lstm(self.embedding(x))
         return self.fc(self.dropout(output[:, -1, :]))
+
+
+#: oblivio's networks by class name: the ones a saved unlearner can rebuild by itself.
+NETWORKS: dict[str, type[nn.Module]] = {"MLP": MLP, "SmallCNN": SmallCNN, "CharLSTM": CharLSTM}
+
+
+def rebuild_network(name: str, architecture: dict[str, Any]) -> nn.Module:
+    """A fresh network of class ``name`` (one of :data:`NETWORKS`) with the constructor
+    arguments ``architecture`` (its ``architecture`` attribute when it was saved)."""
+    if name not in NETWORKS:
+        raise ValueError(f"{name!r} is not one of oblivio's networks {sorted(NETWORKS)}")
+    if not isinstance(architecture, dict):
+        raise ValueError(f"architecture must be a dict, got {architecture!r}")
+    try:
+        return NETWORKS[name](**architecture)
+    except TypeError as error:
+        raise ValueError(f"cannot build {name}({architecture!r}): {error}") from None

@@ -40,6 +40,7 @@ import torch
 from oblivio._io import fsync_folder
 from oblivio.data import Dataset
 from oblivio.models.base import Model
+from oblivio.models.nets import rebuild_network
 
 __all__ = [
     "LoadError",
@@ -396,14 +397,18 @@ def rebuild_model(file: Path, spec: Any, model: Model | None) -> Model:
         from oblivio import models
 
         klass = getattr(models, spec["class"], None)
-        if spec["class"] != "LogisticRegression" or klass is None:
+        network = _saved_network(file, spec, unsaved)
+        if network is not None:
+            params = {**saved, "module": network}
+        elif spec["class"] == "LogisticRegression" and klass is not None:
+            params = saved
+        else:
             raise LoadError(
                 file,
                 f"cannot rebuild a {spec['class']} from its saved options; pass an untrained "
                 "instance of the same architecture as load(path, model=...)",
                 "model.class",
             )
-        params = saved
     else:
         klass = type(model)
         if spec["class"] != klass.__name__:
@@ -430,6 +435,20 @@ def rebuild_model(file: Path, spec: Any, model: Model | None) -> Model:
     except (TypeError, ValueError) as error:
         raise LoadError(file, str(error), "model.params") from None
     return rebuilt
+
+
+def _saved_network(file: Path, spec: dict[str, Any], unsaved: list[str]) -> Any:
+    """A fresh network for a saved :class:`~oblivio.models.TorchModel` that wraps one of
+    oblivio's networks (saved with its ``module_args``), or None when the save cannot
+    rebuild it alone (a user's network, or a setting JSON cannot hold, e.g. a loss
+    function)."""
+    args = spec.get("module_args")
+    if spec["class"] != "TorchModel" or args is None or set(unsaved) - {"module"}:
+        return None
+    try:
+        return rebuild_network(str(spec.get("module_class")), args)
+    except ValueError as error:
+        raise LoadError(file, str(error), "model.module_args") from None
 
 
 def check_model(where: Path, unlearner: Any) -> None:

@@ -17,6 +17,7 @@ import torch
 
 from oblivio.data import Change, Dataset, Remove, Request, RequestError
 from oblivio.models.base import Model, NotFittedError
+from oblivio.models.nets import NETWORKS
 from oblivio.unlearners import _persist
 from oblivio.unlearners._persist import LoadError, StateError, dataset_arrays
 
@@ -476,9 +477,11 @@ class Unlearner(ABC):
     def load(cls, path: str | os.PathLike, model: Model | None = None) -> Unlearner:
         """Load and check an unlearner saved by :meth:`save` (see :func:`oblivio.load`).
 
-        ``model`` is needed for torch models (an untrained instance of the same
-        architecture); its hyper-parameters are replaced by the saved ones. Logistic
-        regression is rebuilt from the saved hyper-parameters.
+        ``model`` is needed for torch models whose network is not one of oblivio's
+        (:data:`oblivio.models.nets.NETWORKS`, rebuilt from their saved ``architecture``)
+        or whose loss is a function: an untrained instance of the same architecture, its
+        hyper-parameters replaced by the saved ones. Logistic regression is rebuilt from
+        the saved hyper-parameters.
 
         Raises
         ------
@@ -509,6 +512,9 @@ def _model_spec(model: Model) -> dict[str, Any]:
     module = getattr(model, "module", None)
     if isinstance(module, torch.nn.Module):
         spec["module_class"] = type(module).__name__
+        if NETWORKS.get(type(module).__name__) is type(module):
+            # one of oblivio's networks: its constructor arguments rebuild it on load
+            spec["module_args"] = _jsonable(module.architecture)
     return spec
 
 
@@ -582,8 +588,10 @@ def load(path: str | os.PathLike, model: Model | None = None) -> Unlearner:
     Checked: the files are complete and uncorrupted (SHA-256), options pass the checks
     ``fit`` runs, arrays are finite with the right shapes and dtypes, ids are unique, the
     model fits the data, and each method's state is consistent (certified removal re-derives
-    its spent budget and row norms; SISA its layout). Torch models need ``model``, an
-    untrained instance of the saved architecture; the saved hyper-parameters replace its own.
+    its spent budget and row norms; SISA its layout). Torch models on oblivio's networks
+    (``MLP``, ``SmallCNN``, ``CharLSTM``) are rebuilt from the save; others need ``model``,
+    an untrained instance of the saved architecture, whose hyper-parameters the saved ones
+    replace.
 
     Raises
     ------
