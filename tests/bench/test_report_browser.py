@@ -23,7 +23,6 @@ FLAGS = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Chromium (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(tmp_path):
     config = parse_config(
