@@ -60,7 +60,7 @@ def combined_guarantee(
     The extractor is (eps_DP, delta_DP)-DP, hence by group privacy (Dwork & Roth, 2014,
     Thm 2.2 and its (eps, delta) form) indistinguishable from one trained without the
     ``T = n_removed`` records up to ``(T eps_DP, T e^{(T-1) eps_DP} delta_DP)``. The head's
-    certificate adds its ``(epsilon, delta)`` by basic composition. [check] Guo et al. state
+    certificate adds its ``(epsilon, delta)`` by basic composition. Guo et al. state
     the combination informally ("the number of certifiably removed training points is
     limited by the DP feature extractor"); this is the standard conservative composition.
     """
@@ -103,6 +103,14 @@ class DPFeatureExtractor:
         The trained extractor.
     epsilon_ : float
         eps_DP of the whole training run at ``delta`` (Renyi-DP accountant).
+
+    Notes
+    -----
+    The DP noise comes from torch's seeded generator (Opacus with ``secure_mode=False``,
+    which warns so): reproducible, and what experiments and audits of the accounting need;
+    a deployment whose guarantee must hold against an attacker who can predict the noise
+    needs a cryptographically secure generator (Opacus' ``secure_mode``, which requires the
+    ``torchcsprng`` package).
     """
 
     def __init__(
