@@ -395,6 +395,23 @@ def test_progress_reports_records_and_the_target_only_when_asked(data, trained, 
     assert done == pytest.approx(result.diagnostics["work_fraction"] * trained.epochs * len(train))
 
 
+def test_a_missed_random_target_points_to_margin_match_and_only_there(data, trained):
+    train, holdout, _ = data
+    ids = _random_ids(train, seed=0)
+    missed = []
+    for unlearner, request in [
+        (SalUn(trained, budget=1e-4), ids),  # random records: the hint
+        (NegGradPlus(trained, budget=1e-4), train.ids[train.y == 4]),  # a class: none
+        (MarginMatch(trained, budget=1e-4), ids),  # margin-match itself: none
+    ]:
+        unlearner.attach(train, holdout=holdout)
+        with pytest.warns(ob.UnlearningWarning, match="stopped with forget accuracy") as caught:
+            unlearner.forget(Remove(ids=request))
+        missed.append(" ".join(str(w.message) for w in caught))
+    assert "for random records try 'margin-match'" in missed[0]
+    assert "margin-match" not in missed[1] and "try 'margin-match'" not in missed[2]
+
+
 def test_on_failure_raise_changes_nothing_and_bad_values_are_refused(data, trained):
     train, _, _ = data
     ids = train.ids[train.y == 4]
