@@ -103,6 +103,7 @@ from torch import nn
 
 from oblivio.data import Change
 from oblivio.models.base import Model
+from oblivio.unlearners._deletion_base import _check_fraction, _Deletion
 from oblivio.unlearners._neural import (
     _Stream,
     eval_batch,
@@ -111,7 +112,6 @@ from oblivio.unlearners._neural import (
     of_kept_classes,
 )
 from oblivio.unlearners.base import Outcome, register
-from oblivio.unlearners.deletion import _check_fraction, _Deletion
 
 __all__ = ["MarginMatch", "logit_margins", "matched_targets"]
 

@@ -1,0 +1,138 @@
+"""The base of the neural deletion methods: their options, batches and one request.
+
+:class:`_Deletion` holds what ``salun``, ``scrub``, ``neggrad-plus``, ``l1-sparse``
+(:mod:`oblivio.unlearners.deletion`) and ``margin-match``
+(:mod:`oblivio.unlearners.margin_match`) share: the budget and batch options, the check that
+a request removes records, the forget and retained streams of a request and the hand-over
+to the shared deletion loop (:mod:`oblivio.unlearners._landing`). Each method writes
+``_losses``: the loss of one step, what runs after it, and the repair phase's loss.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from oblivio.data import Change, RequestError
+from oblivio.models.base import Model
+from oblivio.unlearners._loop import _NeuralUnlearner
+from oblivio.unlearners._neural import (
+    _seed_generators,
+    _Stream,
+    check_budget,
+    set_train_mode,
+)
+from oblivio.unlearners.base import Outcome, check_count
+
+__all__: list[str] = []
+
+
+def _check_fraction(name: str, value: Any, *, closed: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and (0 <= value <= 1 if closed else 0 < value <= 1)
+    if not ok:
+        interval = "[0, 1]" if closed else "(0, 1]"
+        raise ValueError(f"{name} must lie in {interval}, got {value!r}")
+
+
+class _Deletion(_NeuralUnlearner):
+    """Options and batches shared by the deletion methods; subclasses write ``_losses``."""
+
+    needs = frozenset({"forget", "retain"})
+    goals: ClassVar[tuple[str, ...]] = ("deletion",)
+    #: Records of each kind one step reads: ("forget", "retain") or a subset.
+    _reads: ClassVar[tuple[str, ...]] = ("forget", "retain")
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        budget: float,
+        lr: float,
+        batch_size: int,
+        forget_batch_size: int,
+        momentum: float,
+        weight_decay: float,
+        bn_mode: str,
+        seed: int,
+        on_failure: str,
+    ) -> None:
+        super().__init__(
+            model,
+            on_failure=on_failure,
+            lr=lr,
+            batch_size=batch_size,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            bn_mode=bn_mode,
+            seed=seed,
+        )
+        self.budget = budget
+        self.forget_batch_size = forget_batch_size
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        check_budget(self.budget)
+        if "forget" in self._reads:
+            check_count("forget_batch_size", self.forget_batch_size)
+
+    def _validate_change(self, change: Change) -> None:
+        if not (change.is_removal or change.is_empty):
+            raise RequestError(
+                f"{self.name} deletes records: it supports Remove requests, not "
+                f"{type(change.request).__name__}; use 'finetune' or 'retrain'"
+            )
+
+    def _records_per_step(self, n_forget: int, n_retain: int) -> int:
+        """Records one optimiser step reads, on average."""
+        return self.forget_batch_size * ("forget" in self._reads) + self.batch_size * (
+            "retain" in self._reads
+        )
+
+    def _forget(self, change: Change) -> Outcome:
+        _, generator = _seed_generators(self.seed, self._request_index())
+        retain = change.result
+        forget_stream = _Stream(
+            self._inputs(change.before),
+            self._labels(change.before.y),
+            self.forget_batch_size,
+            generator,
+        )
+        retain_stream = _Stream(
+            self._inputs(retain), self._labels(retain.y), self.batch_size, generator
+        )
+        diagnostics: dict[str, float] = {}
+        loss_of_step, after_step, repair = self._losses(
+            change, forget_stream, retain_stream, generator, diagnostics
+        )
+        if repair is None:
+            repair = self._cross_entropy_on(retain_stream)  # retained batches of batch_size
+        per_step = self._records_per_step(len(change.before), len(retain))
+        diagnostics.update(
+            self._run_deletion(
+                change,
+                loss_of_step,
+                budget=self.budget,
+                records_per_step=per_step,
+                after_step=after_step,
+                repair=repair,
+                repair_records=self.batch_size,
+            )
+        )
+        return Outcome(diagnostics=diagnostics)
+
+    def _losses(
+        self,
+        change: Change,
+        forget: _Stream,
+        retain: _Stream,
+        generator: torch.Generator,
+        diagnostics: dict[str, float],
+    ) -> tuple[Any, Any, Any]:
+        """``(loss_of_step, after_step or None, repair)`` for this request; ``repair`` is
+        the repair phase's loss, None for the default (cross-entropy on retained batches) or
+        False for none."""
+        raise NotImplementedError
+
+    def _train_mode(self, n: int) -> None:
+        set_train_mode(self._module, self.bn_mode, n)
