@@ -3,14 +3,13 @@
 Pure functions on tensors/arrays and Hessian-vector-product callables; no model code.
 """
 
+from oblivio.linalg.eigen import largest_eigenvalue, smallest_eigenvalue
 from oblivio.linalg.solvers import (
     SolverError,
     SolveResult,
     cg_solve,
     cholesky_solve,
-    largest_eigenvalue,
     lissa,
-    smallest_eigenvalue,
 )
 from oblivio.linalg.spectral import spectral_norm, spectral_norm_bound
 

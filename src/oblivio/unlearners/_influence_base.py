@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from oblivio.data import Change, Dataset, RequestError
-from oblivio.linalg.solvers import SolverError, largest_eigenvalue
+from oblivio.linalg.eigen import largest_eigenvalue
+from oblivio.linalg.solvers import SolverError
 from oblivio.unlearners._influence_landing import _LandingMixin, _norm
 from oblivio.unlearners.base import ON_FAILURE, Outcome, StateError, Unlearner
 
