@@ -308,6 +308,19 @@ def test_salun_moves_only_the_salient_weights(data, trained):
     assert "mask_seconds" in result.diagnostics
 
 
+def test_salun_never_counts_a_weight_without_forget_gradient_as_salient(data, trained):
+    train, holdout, _ = data
+    few = train.take(np.arange(1))  # one deletion request of one record
+    module = trained.module_
+    X, y = torch.as_tensor(few.X, dtype=torch.float32), torch.as_tensor(few.y)
+    loss = torch.nn.functional.cross_entropy(module(X), y, reduction="sum")
+    grads = torch.autograd.grad(loss, list(module.parameters()))
+    silent = float(sum(int((g == 0).sum()) for g in grads)) / trained.theta.numel()
+    assert silent > 0.5  # non-vacuous: the median saliency is 0 (it selected every weight)
+    result = SalUn(trained).attach(train, holdout=holdout).forget(Remove(ids=few.ids))
+    assert 0 < result.diagnostics["mask_fraction"] <= 1 - silent + 1e-9
+
+
 def test_scrub_leaves_the_teacher_and_the_users_model_alone(data, trained):
     train, _, _ = data
     theta = trained.theta.clone()

@@ -55,7 +55,9 @@ class SalUn(_Deletion):
        ``l_f`` the cross-entropy of the forget records (summed over them; the sign of the
        gradient is irrelevant under the absolute value) at the model before the request,
        and ``q`` the quantile that keeps the ``sparsity`` fraction of the largest entries
-       over all trainable parameters (one global threshold; the paper's default 0.5).
+       over all trainable parameters (one global threshold; the paper's default 0.5). A
+       weight whose gradient is exactly 0 is never salient, so the mask holds fewer when
+       more than ``1 - sparsity`` of the weights have none (a few forget records).
     2. **Random-label unlearning with the mask** (Eq. 8): SGD on the mean cross-entropy of
        a union batch of forget records relabelled uniformly among the *other* classes
        (drawn afresh at each step, as the authors' loader does) and retained records with
@@ -148,7 +150,10 @@ class SalUn(_Deletion):
         flat = torch.cat([t.abs().reshape(-1) for t in totals.values()])
         keep = max(1, round(self.sparsity * flat.numel()))
         threshold = torch.topk(flat, keep, sorted=False).values.min()
-        return {n: t.abs() >= threshold for n, t in totals.items()}
+        # a weight whose forget-loss gradient is exactly 0 is not salient: with a few forget
+        # records most weights can have none (dead ReLUs, untouched inputs), the quantile is
+        # then 0 and ``>=`` alone kept every weight (2 records on a digits MLP: mask 100 %)
+        return {n: (t.abs() >= threshold) & (t != 0) for n, t in totals.items()}
 
     def _losses(self, change, forget, retain, generator, diagnostics):
         start = time.perf_counter()
