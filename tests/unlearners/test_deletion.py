@@ -184,6 +184,27 @@ def test_a_reference_set_moves_the_model_toward_retraining(data, trained):
     assert d["forget_accuracy"] < d["forget_accuracy_before"] == 1.0
 
 
+def test_the_target_is_the_most_likely_number_of_records_retraining_gets_wrong(data, trained):
+    """K ~ Binomial(n, 1 - reference accuracy) wrong records: the target is K's median, so
+    a handful of typical records keeps all of them right (aiming at the mean flipped one
+    that retraining kept) while a large request aims at the reference accuracy."""
+    from scipy.stats import binom
+
+    train, holdout, _ = data
+    reference = ob.audit.accuracy(trained, holdout)
+    assert 0.9 < reference < 1  # non-vacuous: the mean would ask for some wrong records
+    few = SalUn(trained).attach(train, holdout=holdout).forget(Remove(ids=train.ids[:3]))
+    d = few.diagnostics
+    assert d["target_forget_accuracy"] == 1.0 and d["steps"] == 0.0 and d["landed"] == 1.0
+    ids = _random_ids(train, seed=0)
+    unlearner = SalUn(trained, budget=1e-4).attach(train, holdout=holdout)
+    with pytest.warns(ob.UnlearningWarning):  # one step cannot reach it
+        d = unlearner.forget(Remove(ids=ids)).diagnostics
+    wrong = binom(len(ids), 1 - d["holdout_accuracy"]).median()
+    assert d["target_forget_accuracy"] == pytest.approx((len(ids) - wrong) / len(ids))
+    assert abs(d["target_forget_accuracy"] - d["holdout_accuracy"]) < 1 / len(ids)
+
+
 def test_a_checkpoint_must_beat_the_start_by_more_than_the_proxy_resolves(
     data, trained, monkeypatch
 ):
