@@ -205,6 +205,15 @@ def test_the_target_is_the_most_likely_number_of_records_retraining_gets_wrong(d
     assert abs(d["target_forget_accuracy"] - d["holdout_accuracy"]) < 1 / len(ids)
 
 
+def test_kept_damage_is_2_points_only_when_both_samples_are_large():
+    from oblivio.unlearners._landing import _CHECK_SAMPLE, _kept_damage
+
+    assert _kept_damage([_CHECK_SAMPLE, _CHECK_SAMPLE]) == 0.02
+    assert _kept_damage([_CHECK_SAMPLE]) == 0.02  # no reference set: the retained sample
+    assert _kept_damage([_CHECK_SAMPLE, 225]) == 0.015  # digits' small reference set
+    assert _kept_damage([300]) == 0.015
+
+
 def test_a_checkpoint_must_beat_the_start_by_more_than_the_proxy_resolves(
     data, trained, monkeypatch
 ):
