@@ -205,13 +205,16 @@ def test_the_target_is_the_most_likely_number_of_records_retraining_gets_wrong(d
     assert abs(d["target_forget_accuracy"] - d["holdout_accuracy"]) < 1 / len(ids)
 
 
-def test_kept_damage_is_2_points_only_when_both_samples_are_large():
-    from oblivio.unlearners._landing import _CHECK_SAMPLE, _kept_damage
+def test_kept_damage_grows_with_the_checked_samples_within_the_3_point_rule():
+    from oblivio.unlearners._landing import _kept_damage
 
-    assert _kept_damage([_CHECK_SAMPLE, _CHECK_SAMPLE]) == 0.02
-    assert _kept_damage([_CHECK_SAMPLE]) == 0.02  # no reference set: the retained sample
-    assert _kept_damage([_CHECK_SAMPLE, 225]) == 0.015  # digits' small reference set
-    assert _kept_damage([300]) == 0.015
+    assert _kept_damage([1000, 1000]) == 0.02
+    assert _kept_damage([938]) == 0.02  # no reference set: the retained sample alone
+    assert _kept_damage([1000, 225]) == 0.015  # digits' small reference set: the smallest
+    assert 0.015 < _kept_damage([600, 1000]) < 0.02
+    for m in (50, 225, 600, 938, 5000):  # the loss allowed plus two standard errors <= 3
+        kept = _kept_damage([m])
+        assert kept + 2 * (kept / m) ** 0.5 <= 0.03 + 1e-12 or kept == 0.015
 
 
 def test_a_checkpoint_must_beat_the_start_by_more_than_the_proxy_resolves(
