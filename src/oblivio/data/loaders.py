@@ -42,12 +42,8 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-# Importing the loader modules registers their loaders: _bundled, _images and _tables, then
-# _csv, the order of the former single module (available() and describe() sort by name).
-from oblivio.data import _bundled, _images, _tables  # noqa: F401
-
-# isort: split
-from oblivio.data import _csv  # noqa: F401
+# importing the loader modules registers their loaders (every listing sorts them by name)
+from oblivio.data import _bundled, _csv, _images, _tables  # noqa: F401
 from oblivio.data._images import (
     CIFAR10_CLASSES,
     FASHION_MNIST_CLASSES,
