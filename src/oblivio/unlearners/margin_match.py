@@ -56,8 +56,8 @@ its own target, to that distribution:
    runs were still improving at their last check: 1.37, 2.02, 1.42 against 1.04, 1.68,
    1.26 with the held half),
    checks along the run, the best checkpoint by the avg-gap proxy with at most 1.5 points
-   lost (2 on samples of 1,000 records). The run neither stops when the forget accuracy reaches its
-   target (the loss carries its own per-record target, and the confidence of the records
+   lost (up to 2 on larger check samples). The run neither stops when the forget accuracy
+   reaches its target (the loss carries its own per-record target, and the confidence of the records
    that stay right, what MIA-efficacy reads, keeps moving) nor backtracks on the transient
    loss of a few retained points that the retained term then wins back (only a 50-point
    wreck backtracks).
