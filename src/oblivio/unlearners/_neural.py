@@ -28,6 +28,7 @@ __all__ = [
     "draw_targets",
     "invert_importance",
     "label_margin",
+    "logit_margins",
     "mas_importance",
     "module_device",
     "predict_labels",
@@ -226,6 +227,18 @@ def label_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return own - _without_label(logits, labels).max(dim=1).values
 
 
+@torch.no_grad()
+def logit_margins(module: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Margin of each record in eval mode: its label's logit minus the largest other."""
+    out = []
+    size = eval_batch(X.device)
+    with evaluating(module):
+        for start in range(0, X.shape[0], size):
+            stop = start + size
+            out.append(label_margin(module(X[start:stop]), y[start:stop]))
+    return torch.cat(out) if out else torch.zeros(0, device=X.device)
+
+
 def _without_label(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``logits`` with each record's own label's entry at ``-inf``."""
     return logits.masked_fill(nn.functional.one_hot(labels, logits.shape[1]).bool(), -torch.inf)
@@ -406,6 +419,21 @@ def random_other_labels(
     """Labels drawn uniformly from the classes other than ``labels`` (SalUn, Eq. 8)."""
     shift = torch.randint(1, n_classes, labels.shape, generator=generator)
     return (labels + shift.to(labels.device)) % n_classes
+
+
+def model_other_labels(
+    logits: torch.Tensor, labels: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Labels drawn from the model's own odds over the classes other than ``labels``.
+
+    Record ``i`` takes class ``j != labels[i]`` with probability ``softmax(logits_i)_j /
+    (1 - softmax(logits_i)_{labels[i]})`` (``logits`` are read, not differentiated): a
+    random label among the classes the record resembles, where
+    :func:`random_other_labels` draws among all of them alike. Drawn on the CPU with
+    ``generator`` (seeded on every device) and returned on ``labels``' device.
+    """
+    odds = torch.softmax(_without_label(logits.detach().float(), labels), dim=1).cpu()
+    return torch.multinomial(odds, 1, generator=generator).squeeze(1).to(labels.device)
 
 
 def check_budget(budget: Any) -> None:

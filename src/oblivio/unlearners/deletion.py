@@ -1,5 +1,8 @@
 """The field's neural deletion methods: SalUn, SCRUB, NegGrad+ and l1-sparse fine-tuning.
 
+SalUn lives in :mod:`oblivio.unlearners.salun` (its saliency mask and its two relabelling
+rules make a module of their own); it is re-exported here.
+
 Each method updates a trained :class:`~oblivio.models.TorchModel` so that it lands where
 retraining without the forgotten records would land (the **deletion** goal; see
 :mod:`oblivio.unlearners._landing` for the shared loop, the target and the landing rule). They
@@ -29,7 +32,6 @@ requests (records or whole classes).
 from __future__ import annotations
 
 import copy
-import time
 from typing import ClassVar
 
 import torch
@@ -37,148 +39,11 @@ from torch import nn
 
 from oblivio.models.base import Model
 from oblivio.unlearners._deletion_base import _check_fraction, _Deletion
-from oblivio.unlearners._neural import (
-    _Stream,
-    complement_loss,
-    random_other_labels,
-)
+from oblivio.unlearners._neural import complement_loss
 from oblivio.unlearners.base import register
+from oblivio.unlearners.salun import SalUn
 
 __all__ = ["SCRUB", "L1Sparse", "NegGradPlus", "SalUn"]
-
-
-@register
-class SalUn(_Deletion):
-    """SalUn: random labels restricted to the salient weights (Fan et al., ICLR 2024).
-
-    1. **Weight saliency** (Eq. 7): ``m = 1[ |grad_theta l_f(theta_o; D_f)| >= q ]`` with
-       ``l_f`` the cross-entropy of the forget records (summed over them; the sign of the
-       gradient is irrelevant under the absolute value) at the model before the request,
-       and ``q`` the quantile that keeps the ``sparsity`` fraction of the largest entries
-       over all trainable parameters (one global threshold; the paper's default 0.5). A
-       weight whose gradient is exactly 0 is never salient, so the mask holds fewer when
-       more than ``1 - sparsity`` of the weights have none (a few forget records).
-    2. **Random-label unlearning with the mask** (Eq. 8): SGD on the mean cross-entropy of
-       a union batch of forget records relabelled uniformly among the *other* classes
-       (drawn afresh at each step, as the authors' loader does) and retained records with
-       their labels; only masked weights move, ``theta = m * theta + (1 - m) * theta_o``
-       (unmasked weights are restored after every step, so momentum and weight decay do
-       not move them).
-
-    The mask costs one pass over the forget set, inside ``seconds``
-    (``diagnostics["mask_seconds"]``). Stopping and landing: see :mod:`._landing`.
-
-    On random records of a memorising network SalUn does not land within the budget: on
-    the 60,000-image CNN (random 10 %) the impair phase reaches the target forget accuracy
-    in a few steps by disturbing the whole net, and repair restores the forget records
-    with the rest, so the model is left as it was (with a warning). Run as the paper's one
-    phase instead (forget records in their natural share of each batch, no repair), it
-    lost 3-17 retained points by its first check and still 6-13 at its end (SGD 1e-2;
-    Adam 1.5e-3, 3e-4 and 1e-4; at SGD 5e-3 it landed nowhere either). ``margin-match`` is
-    the method for random records; SalUn lands on whole classes.
-
-    Parameters
-    ----------
-    model : TorchModel
-        A trained classifier (``attach``) or a template (``fit``).
-    sparsity : float
-        Fraction of the weights that may move (the paper's threshold ratio, default 0.5).
-    budget : float
-        Records processed per request as a fraction of the original training (default
-        0.05: 5 % of its work).
-    lr, batch_size, forget_batch_size, momentum, weight_decay, bn_mode, seed
-        SGD settings: lr 0.01, 64 retained and 16 forget records per step, momentum
-        0.9, weight decay 5e-4 (the authors' CIFAR settings use lr 0.013, batch 256, for
-        10 epochs; small batches give the small budget more steps).
-    """
-
-    name = "salun"
-
-    def __init__(
-        self,
-        model: Model,
-        *,
-        sparsity: float = 0.5,
-        budget: float = 0.05,
-        lr: float = 1e-2,
-        batch_size: int = 64,
-        forget_batch_size: int = 16,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-        bn_mode: str = "train",
-        seed: int = 0,
-        on_failure: str = "warn",
-    ) -> None:
-        super().__init__(
-            model,
-            on_failure=on_failure,
-            budget=budget,
-            lr=lr,
-            batch_size=batch_size,
-            forget_batch_size=forget_batch_size,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            bn_mode=bn_mode,
-            seed=seed,
-        )
-        self.sparsity = sparsity
-
-    def _check_params(self) -> None:
-        super()._check_params()
-        _check_fraction("sparsity", self.sparsity)
-
-    def saliency_mask(self, forget: _Stream) -> dict[str, torch.Tensor]:
-        """Boolean mask per trainable parameter (Eq. 7), at the current model."""
-        module = self._module
-        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
-        totals = {n: torch.zeros_like(p) for n, p in named}
-        was_training = [m.training for m in module.modules()]
-        module.eval()
-        try:
-            for start in range(0, len(forget), 256):
-                logits = module(forget.X[start : start + 256])
-                loss = nn.functional.cross_entropy(
-                    logits, forget.y[start : start + 256], reduction="sum"
-                )
-                grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
-                for (n, _), g in zip(named, grads, strict=True):
-                    if g is not None:
-                        totals[n] += g
-        finally:
-            for m, mode in zip(module.modules(), was_training, strict=True):
-                m.training = mode
-        flat = torch.cat([t.abs().reshape(-1) for t in totals.values()])
-        keep = max(1, round(self.sparsity * flat.numel()))
-        threshold = torch.topk(flat, keep, sorted=False).values.min()
-        # a weight whose forget-loss gradient is exactly 0 is not salient: with a few forget
-        # records most weights can have none (dead ReLUs, untouched inputs), the quantile is
-        # then 0 and ``>=`` alone kept every weight (2 records on a digits MLP: mask 100 %)
-        return {n: (t.abs() >= threshold) & (t != 0) for n, t in totals.items()}
-
-    def _losses(self, change, forget, retain, generator, diagnostics):
-        start = time.perf_counter()
-        mask = self.saliency_mask(forget)
-        diagnostics["mask_seconds"] = time.perf_counter() - start
-        sizes = [m.numel() for m in mask.values()]
-        diagnostics["mask_fraction"] = float(sum(int(m.sum()) for m in mask.values())) / sum(sizes)
-        named = dict(self._module.named_parameters())
-        anchor = {n: named[n].detach().clone() for n in mask}
-        n_classes = self.n_classes_
-
-        def loss_of_step(step: int) -> torch.Tensor:
-            X_f, y_f, _ = forget.next()
-            X_r, y_r, _ = retain.next()
-            y_random = random_other_labels(y_f, n_classes, generator)
-            X, y = torch.cat([X_f, X_r]), torch.cat([y_random, y_r])
-            self._train_mode(X.shape[0])
-            return nn.functional.cross_entropy(self._module(X), y)
-
-        @torch.no_grad()
-        def after_step() -> None:
-            for n, m in mask.items():
-                named[n].copy_(torch.where(m, named[n], anchor[n]))
-
-        return loss_of_step, after_step, None
 
 
 def _kl_to_teacher(student: torch.Tensor, teacher: torch.Tensor, T: float) -> torch.Tensor:

@@ -107,38 +107,21 @@ from torch import nn
 
 from oblivio.data import Change
 from oblivio.models.base import Model
-from oblivio.unlearners._deletion_base import _check_fraction, _Deletion
+from oblivio.unlearners._deletion_base import _adam_lr, _check_fraction, _Deletion
 from oblivio.unlearners._neural import (
     _Stream,
-    eval_batch,
-    evaluating,
     label_margin,
+    logit_margins,
     of_kept_classes,
 )
 from oblivio.unlearners.base import Outcome, register
 
 __all__ = ["MarginMatch", "logit_margins", "matched_targets"]
 
-#: Retained records whose margins rank the hard ones (a random pool, to bound the cost).
-_POOL = 20_000
 #: The forget term pushes at least this many records (all when there are fewer): a push
 #: concentrated on fewer drags their retained neighbours (on the 4k and 10k CNNs, 170-260
 #: pushed records cost more than 1.5 retained points at every check and nothing landed).
 _MIN_PUSHED = 400
-#: The hardest share of the pool that hard retained batches are drawn from.
-_HARD = 0.1
-
-
-@torch.no_grad()
-def logit_margins(module: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Margin of each record in eval mode: its label's logit minus the largest other."""
-    out = []
-    size = eval_batch(X.device)
-    with evaluating(module):
-        for start in range(0, X.shape[0], size):
-            stop = start + size
-            out.append(label_margin(module(X[start:stop]), y[start:stop]))
-    return torch.cat(out) if out else torch.zeros(0, device=X.device)
 
 
 def matched_targets(
@@ -240,13 +223,7 @@ class MarginMatch(_Deletion):
         _check_fraction("hard_share", self.hard_share, closed=True)
 
     def _lr(self) -> float:
-        if self.lr is not None:
-            return self.lr
-        model = getattr(self, "model_", None) or self.model
-        trained_lr = getattr(model, "lr", None)
-        if getattr(model, "optimizer", None) == "adam" and isinstance(trained_lr, (int, float)):
-            return 0.75 * float(trained_lr)
-        return 1e-3
+        return self.lr if self.lr is not None else _adam_lr(self)
 
     def _optimizer(self) -> torch.optim.Optimizer:
         super()._optimizer()  # resets the roll-back point
@@ -295,27 +272,13 @@ class MarginMatch(_Deletion):
         pushed = _Stream(forget.X[active], forget.y[active], self.forget_batch_size, generator)
         pushed_targets = targets[active]
 
-        n_retain = len(retain)
-        pool = torch.randperm(n_retain, generator=generator)[:_POOL].to(retain.X.device)
-        pool_margins = logit_margins(module, retain.X[pool], retain.y[pool])
-        hard = pool[pool_margins.argsort()[: max(1, int(_HARD * pool.numel()))]]
-        n_hard = int(round(self.hard_share * self.batch_size))
-        n_uniform = self.batch_size - n_hard
-        streams = [
-            _Stream(X, y, size, generator)
-            for X, y, size in (
-                (retain.X[hard], retain.y[hard], n_hard),
-                (retain.X, retain.y, n_uniform),
-            )
-            if size
-        ]
+        retained_batch = self._hard_retained(retain, generator, self.hard_share)
         weight = float(self.weight)
 
         def loss_of_step(step: int) -> torch.Tensor:
             X_f, y_f, at = pushed.next()
-            batches = [stream.next() for stream in streams]
-            X = torch.cat([X_f] + [X_r for X_r, _, _ in batches])
-            y_r = torch.cat([y for _, y, _ in batches])
+            X_r, y_r = retained_batch()
+            X = torch.cat([X_f, X_r])
             self._train_mode(X.shape[0])
             logits = module(X)
             b = X_f.shape[0]
