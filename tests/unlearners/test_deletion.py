@@ -297,6 +297,9 @@ def test_bad_options_are_rejected(trained, data):
         (SalUn, dict(sparsity=0.0), "sparsity"),
         (SalUn, dict(budget=0.0), "budget"),
         (SalUn, dict(forget_batch_size=0), "forget_batch_size"),
+        (SalUn, dict(relabel="random"), "relabel"),
+        (SalUn, dict(hard_share=1.5), "hard_share"),
+        (SalUn, dict(lr=-1.0), "lr"),
         (SCRUB, dict(temperature=0.0), "temperature"),
         (SCRUB, dict(alpha=-1.0), "alpha"),
         (SCRUB, dict(max_fraction=2.0), "max_fraction"),
@@ -441,12 +444,13 @@ def test_progress_reports_records_and_the_target_only_when_asked(data, trained, 
     assert done == pytest.approx(result.diagnostics["work_fraction"] * trained.epochs * len(train))
 
 
-def test_a_missed_random_target_points_to_margin_match_and_only_there(data, trained):
+def test_a_missed_random_target_points_to_the_targeting_methods_and_only_there(data, trained):
     train, holdout, _ = data
     ids = _random_ids(train, seed=0)
     missed = []
     for unlearner, request in [
-        (SalUn(trained, budget=1e-4), ids),  # random records: the hint
+        (NegGradPlus(trained, budget=1e-4), ids),  # random records: the hint
+        (SalUn(trained, budget=1e-4), ids),  # (its uniform rule here: 3 wrong records)
         (NegGradPlus(trained, budget=1e-4), train.ids[train.y == 4]),  # a class: none
         (MarginMatch(trained, budget=1e-4), ids),  # margin-match itself: none
     ]:
@@ -454,8 +458,9 @@ def test_a_missed_random_target_points_to_margin_match_and_only_there(data, trai
         with pytest.warns(ob.UnlearningWarning, match="stopped with forget accuracy") as caught:
             unlearner.forget(Remove(ids=request))
         missed.append(" ".join(str(w.message) for w in caught))
-    assert "for random records try 'margin-match'" in missed[0]
-    assert "margin-match" not in missed[1] and "try 'margin-match'" not in missed[2]
+    assert "for random records try 'salun' or 'margin-match'" in missed[0]
+    assert "for random records try 'margin-match'," in missed[1]  # not itself
+    assert "margin-match" not in missed[2] and "try 'margin-match'" not in missed[3]
 
 
 def test_on_failure_raise_changes_nothing_and_bad_values_are_refused(data, trained):

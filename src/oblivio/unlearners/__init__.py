@@ -18,12 +18,13 @@ from oblivio.unlearners.base import (
     register,
 )
 from oblivio.unlearners.certified import CertifiedRemoval
-from oblivio.unlearners.deletion import SCRUB, L1Sparse, NegGradPlus, SalUn
+from oblivio.unlearners.deletion import SCRUB, L1Sparse, NegGradPlus
 from oblivio.unlearners.influence import FirstOrder, SecondOrder
 from oblivio.unlearners.instance import FineTune, GradientAscent, RandomLabels
 from oblivio.unlearners.l2ul import L2UL
 from oblivio.unlearners.margin_match import MarginMatch
 from oblivio.unlearners.retrain import Retrain
+from oblivio.unlearners.salun import SalUn
 from oblivio.unlearners.sisa import SISA, CheckpointError, SISAEnsemble
 
 __all__ = [

@@ -1,7 +1,8 @@
 """The base of the neural deletion methods: their options, batches and one request.
 
-:class:`_Deletion` holds what ``salun``, ``scrub``, ``neggrad-plus``, ``l1-sparse``
-(:mod:`oblivio.unlearners.deletion`) and ``margin-match``
+:class:`_Deletion` holds what ``scrub``, ``neggrad-plus``, ``l1-sparse``
+(:mod:`oblivio.unlearners.deletion`), ``salun`` (:mod:`oblivio.unlearners.salun`) and
+``margin-match``
 (:mod:`oblivio.unlearners.margin_match`) share: the budget and batch options, the check that
 a request removes records, the forget and retained streams of a request and the hand-over
 to the shared deletion loop (:mod:`oblivio.unlearners._landing`). Each method writes

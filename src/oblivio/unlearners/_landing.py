@@ -34,7 +34,8 @@ Design of the deletion loop
   brought a deleted class back to 3-25 % forget accuracy on the 60,000-image CNN. Methods
   that train on retained records alone (``l1-sparse``, ``finetune``) have one phase, and so
   do *self-balancing* ones (``margin-match``: a per-record target in the loss, retained
-  records in every step): their one phase runs the whole budget, the learning rate held
+  records in every step; ``salun``'s targeted rule: random labels on the records retraining
+  gets wrong, retained records in every step): their one phase runs the whole budget, the learning rate held
   for its first half and then decaying linearly to 0 (``_BALANCING_HOLD``), does not stop
   at the target and backtracks only on a wreck.
 * **Checks and landing.** Every ``1/20`` of the budget (and after steps 1, 2, 4, 8, ...
@@ -410,8 +411,12 @@ class _DeletionLoop:
         hint = "a larger budget may reach it"
         if source == "holdout" and not balancing:
             # the papers' methods rarely place random records of a memorising network where
-            # retraining does within the budget (README, neural deletion); margin-match does
-            hint += "; for random records try 'margin-match', which targets each record"
+            # retraining does within the budget (README, neural deletion); salun's targeted
+            # rule and margin-match do
+            targeting = " or ".join(
+                f"'{name}'" for name in ("salun", "margin-match") if name != self.name
+            )
+            hint += f"; for random records try {targeting}, which target each record"
         self._judge(
             diagnostics,
             not (missed or diverged),
