@@ -34,10 +34,10 @@ Design of the deletion loop
   brought a deleted class back to 3-25 % forget accuracy on the 60,000-image CNN. Methods
   that train on retained records alone (``l1-sparse``, ``finetune``) have one phase, and so
   do *self-balancing* ones (``margin-match``: a per-record target in the loss, retained
-  records in every step; ``salun``'s targeted rule: random labels on the records retraining
-  gets wrong, retained records in every step): their one phase runs the whole budget, the learning rate held
-  for its first half and then decaying linearly to 0 (``_BALANCING_HOLD``), does not stop
-  at the target and backtracks only on a wreck.
+  records in every step; ``salun``'s targeted rule: random labels on the records
+  retraining gets wrong, retained records in every step): their one phase runs the whole
+  budget, the learning rate held for its first half and then decaying linearly to 0
+  (``_BALANCING_HOLD``), does not stop at the target and backtracks only on a wreck.
 * **Checks and landing.** Every ``1/20`` of the budget (and after steps 1, 2, 4, 8, ...
   before that; 10 more checks during repair; every ``1/10`` and no early ones for a
   self-balancing run) the loop measures the accuracy on fixed
