@@ -164,3 +164,7 @@ def test_targeted_without_a_reference_set_warns_and_changes_nothing(fashion, tra
         result = unlearner.forget(Remove(ids=train.ids[:200]))
     assert result.diagnostics["landed"] == 0.0
     assert torch.equal(unlearner.model_.theta, theta)
+    # a whole class needs no reference set: the uniform rule deletes it
+    unlearner = SalUn(trained, relabel="targeted").attach(train)
+    result = _run(unlearner, train.ids[train.y == 0])
+    assert result.diagnostics["targeted"] == 0.0 and result.diagnostics["forget_accuracy"] == 0.0

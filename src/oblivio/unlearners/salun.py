@@ -226,7 +226,7 @@ class SalUn(_Deletion):
 
     def _forget(self, change: Change) -> Outcome:
         present = of_kept_classes(change.before.y, change)
-        if self.relabel == "targeted" and self._present_holdout(change) is None:
+        if self.relabel == "targeted" and present.any() and self._present_holdout(change) is None:
             diagnostics = {"target_known": 0.0, "steps": 0.0, "repair_steps": 0.0}
             self._judge(
                 diagnostics,
