@@ -24,6 +24,7 @@ from oblivio.unlearners._neural import (
     _Stream,
     check_budget,
     logit_margins,
+    of_kept_classes,
     set_train_mode,
 )
 from oblivio.unlearners.base import Outcome, check_count
@@ -153,6 +154,30 @@ class _Deletion(_NeuralUnlearner):
         the repair phase's loss, None for the default (cross-entropy on retained batches) or
         False for none."""
         raise NotImplementedError
+
+    def _adam(self, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+        """Adam on the trainable parameters at ``_lr()`` (the one-phase runs' optimiser),
+        with the roll-back point reset as for SGD."""
+        super()._optimizer()
+        params = [p for p in self._module.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self._lr(), weight_decay=weight_decay)
+
+    def _left_without_reference(self, change: Change, who: str = "") -> Outcome | None:
+        """For a method that needs a reference set for records of classes that keep training
+        records: when the request has such records and none is attached, the outcome of
+        leaving the model as it is (with ``_judge``'s warning); None otherwise."""
+        present = of_kept_classes(change.before.y, change)
+        if not present.any() or self._present_holdout(change) is not None:
+            return None
+        diagnostics = {"target_known": 0.0, "steps": 0.0, "repair_steps": 0.0}
+        self._judge(
+            diagnostics,
+            False,
+            f"{who}needs a held-out reference set for the {int(present.sum())} forget "
+            "records whose class keeps training records (attach(train, holdout=...)); the "
+            "model was left as it is",
+        )
+        return Outcome(diagnostics=diagnostics)
 
     def _hard_retained(
         self, retain: _Stream, generator: torch.Generator, hard_share: float

@@ -226,23 +226,10 @@ class MarginMatch(_Deletion):
         return self.lr if self.lr is not None else _adam_lr(self)
 
     def _optimizer(self) -> torch.optim.Optimizer:
-        super()._optimizer()  # resets the roll-back point
-        params = [p for p in self._module.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self._lr(), weight_decay=self.weight_decay)
+        return self._adam(self.weight_decay)
 
     def _forget(self, change: Change) -> Outcome:
-        present = of_kept_classes(change.before.y, change)
-        if present.any() and self._present_holdout(change) is None:
-            diagnostics = {"target_known": 0.0, "steps": 0.0, "repair_steps": 0.0}
-            self._judge(
-                diagnostics,
-                False,
-                f"needs a held-out reference set for the {int(present.sum())} "
-                "forget records whose class keeps training records "
-                "(attach(train, holdout=...)); the model was left as it is",
-            )
-            return Outcome(diagnostics=diagnostics)
-        return super()._forget(change)
+        return self._left_without_reference(change) or super()._forget(change)
 
     def _losses(self, change, forget, retain, generator, diagnostics):
         module = self._module
